@@ -1,0 +1,62 @@
+"""Project hooks."""
+
+from __future__ import annotations
+
+import logging
+
+from kedro.framework.hooks import hook_impl
+
+logger = logging.getLogger(__name__)
+
+
+class MissingArtifactError(RuntimeError):
+    """A pipeline input that an earlier stage should have written is not on disk."""
+
+
+class MissingArtifactHook:
+    """Fail fast, before any node runs, when a stage's inputs were never produced.
+
+    Without it, ``kedro run --pipeline=distill`` on a fresh clone dies deep inside a dataset
+    load; with it, the user reads which artifact is missing and which command makes it.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from kedro.framework.project import pipelines as registered
+
+        producers = _producing_stages(registered)
+        missing = []
+        for name in sorted(pipeline.inputs()):
+            if name.startswith("params:") or name == "parameters" or name not in producers:
+                continue
+            if not catalog.exists(name):
+                missing.append(name)
+        if missing:
+            lines = [
+                f"  - '{name}' ({_describe(catalog, name)}): make it with "
+                f"`kedro run --pipeline={producers[name]}`"
+                for name in missing
+            ]
+            raise MissingArtifactError(
+                "This pipeline needs artifacts that are not on disk yet:\n" + "\n".join(lines)
+            )
+
+
+def _producing_stages(registered) -> dict[str, str]:
+    from leader_kedro.pipeline_registry import STAGES
+
+    producers: dict[str, str] = {}
+    for stage in STAGES:
+        if stage in registered:
+            for output in registered[stage].outputs():
+                producers.setdefault(output, stage)
+    return producers
+
+
+def _describe(catalog, name: str) -> str:
+    try:
+        dataset = catalog.get(name) if hasattr(catalog, "get") else catalog._get_dataset(name)
+        filepath = getattr(dataset, "_filepath", None)
+        return str(filepath) if filepath is not None else type(dataset).__name__
+    except Exception:  # describing is best effort; the missing name is the message
+        return "catalog entry"

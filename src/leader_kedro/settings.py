@@ -1,0 +1,25 @@
+"""Project settings: config loader resolvers and project hooks."""
+
+from pathlib import Path
+
+from kedro.config import OmegaConfigLoader
+
+from leader_kedro.hooks import MissingArtifactHook
+
+
+def _project_root() -> str:
+    """The Kedro project root, so paths in config never depend on the working directory."""
+    from kedro.utils import find_kedro_project
+
+    root = find_kedro_project(Path.cwd())
+    return str((root or Path(__file__).resolve().parents[2]).resolve())
+
+
+HOOKS = (MissingArtifactHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "custom_resolvers": {"project_root": _project_root},
+}
