@@ -69,7 +69,9 @@ def ddi_rate(y_pred: np.ndarray, ddi: np.ndarray) -> float:
     return float(interacting.sum() / total) if total > 0 else 0.0
 
 
-def summary(y_true: np.ndarray, y_prob: np.ndarray, threshold: float, ddi: np.ndarray | None = None) -> dict[str, float]:
+def summary(
+    y_true: np.ndarray, y_prob: np.ndarray, threshold: float, ddi: np.ndarray | None = None
+) -> dict[str, float]:
     """Mean per-sample metrics at one threshold (strictly greater than, as LEADER)."""
     y_pred = np.asarray(y_prob) > threshold
     per = set_metrics_per_sample(y_true, y_pred)
@@ -77,4 +79,66 @@ def summary(y_true: np.ndarray, y_prob: np.ndarray, threshold: float, ddi: np.nd
     out["prauc"] = float(np.nanmean(average_precision_per_sample(y_true, y_prob)))
     if ddi is not None:
         out["ddi_rate"] = ddi_rate(y_pred, ddi)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Extensions (engineer "evaluate"): per-visit DDI, ground truth DDI, label matrices.
+# ---------------------------------------------------------------------------------------------
+
+
+def ddi_rate_per_visit(y_pred: np.ndarray, ddi: np.ndarray) -> float:
+    """Per-visit DDI rate: the mean over samples of (interacting pairs / predicted pairs).
+
+    Samples with fewer than two predicted medications have no pair and are left out of the
+    mean (their rate is undefined); 0.0 when no sample has a pair.
+    """
+    interacting, pairs = ddi_pairs_per_sample(y_pred, ddi)
+    has_pair = pairs > 0
+    if not has_pair.any():
+        return 0.0
+    return float(np.mean(interacting[has_pair] / pairs[has_pair]))
+
+
+def ground_truth_ddi_rate(y_true: np.ndarray, ddi: np.ndarray) -> dict[str, float]:
+    """DDI rate of the prescribed (label) sets: pooled and per-visit mean."""
+    return {"pooled": ddi_rate(y_true, ddi), "per_visit": ddi_rate_per_visit(y_true, ddi)}
+
+
+def mean_n_med(y_pred: np.ndarray) -> float:
+    """#MED: the mean predicted set size."""
+    return float(np.asarray(y_pred, dtype=bool).sum(1).mean()) if len(y_pred) else 0.0
+
+
+def multi_hot(code_lists, vocabulary: list[str], what: str = "target") -> np.ndarray:
+    """N x M 0/1 matrix from lists of codes, columns in ``vocabulary`` order.
+
+    A code outside ``vocabulary`` is an error naming ``what`` and the code: labels must all be
+    in ``vocab["medication"]`` (docs/contracts.md).
+    """
+    index = {code: j for j, code in enumerate(vocabulary)}
+    out = np.zeros((len(code_lists), len(vocabulary)), dtype=np.int8)
+    for i, codes in enumerate(code_lists):
+        for code in codes if codes is not None else ():
+            j = index.get(code)
+            if j is None:
+                raise ValueError(
+                    f"{what}: code {code!r} (row {i}) is not in the vocabulary of "
+                    f"{len(vocabulary)} codes; expected every code in vocab['medication']"
+                )
+            out[i, j] = 1
+    return out
+
+
+def metrics_at_threshold(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    threshold: float,
+    ddi: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Everything at once: ``summary`` plus per-visit DDI and #MED under its own name."""
+    out = summary(y_true, y_prob, threshold, ddi)
+    y_pred = np.asarray(y_prob) > threshold
+    if ddi is not None:
+        out["ddi_rate_per_visit"] = ddi_rate_per_visit(y_pred, ddi)
     return out

@@ -1,0 +1,117 @@
+"""Benchmarks: ``python -m leader_kedro.bench {ingest,efficiency} ...``.
+
+``ingest``: write a synthetic cohort of N patients (timed on its own), then ingest it in a child
+process and print the ingest wall time and its peak RSS (RUSAGE_CHILDREN, so the generator's
+memory is not counted). Target on the 2-core dev machine: 100k patients in < 60 s, < 4 GiB.
+``efficiency`` is forwarded to ``leader_kedro.efficiency.main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ingest_params() -> dict:
+    """The base ``ingest`` parameters (conf/base/parameters_ingest.yml), read without Kedro."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    conf = root / "conf" / "base" / "parameters_ingest.yml"
+    ingest = yaml.safe_load(conf.read_text())["ingest"] if conf.is_file() else {}
+    split = dict(ingest.get("split") or {})
+    split["seed"] = None  # the ${seed} interpolation: fall back to --seed
+    return {**ingest, "split": split}
+
+
+def _ingest_child(argv: list[str]) -> int:
+    """Run in a fresh process: ingest raw_dir/aux_dir and write the outputs like the catalog does."""
+    raw_dir, aux_dir, out_dir, seed = argv[0], argv[1], Path(argv[2]), int(argv[3])
+    t0 = time.perf_counter()
+    from leader_kedro.ingest_core import run_ingest
+
+    t_import = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = run_ingest("synthetic", raw_dir, aux_dir, _ingest_params(), seed)
+    t_core = time.perf_counter() - t1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out["visits"].to_parquet(out_dir / "visits.parquet")
+    for split, df in out["samples"].items():
+        df.to_parquet(out_dir / f"samples_{split}.parquet")
+    out["split_ids"].to_csv(out_dir / "split_ids.csv", index=False)
+    out["ddi_adjacency"].to_csv(out_dir / "ddi_adjacency.csv")
+    for name in ("vocab", "code_names", "report"):
+        (out_dir / f"{name}.json").write_text(json.dumps(out[name], indent=1, default=str))
+    t_total = time.perf_counter() - t1
+    c = out["report"]["cohort"]
+    print(json.dumps({
+        "import_s": round(t_import, 2), "core_s": round(t_core, 2), "core_and_write_s": round(t_total, 2),
+        "patients": c["patients"], "visits": c["visits"], "n_medications": c["n_medications"],
+        "rows_read": out["report"]["rows_read"],
+    }))
+    return 0
+
+
+def bench_ingest(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m leader_kedro.bench ingest")
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--workdir", default=None, help="where the cohort is written (default: a temp dir)")
+    args = ap.parse_args(argv)
+    from leader_kedro import synthetic
+
+    with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
+        work = Path(args.workdir or tmp)
+        raw, aux, out = work / "raw", work / "raw" / "aux", work / "out"
+        t0 = time.perf_counter()
+        synthetic.write_cohort(raw, aux, args.patients, args.seed)
+        t_gen = time.perf_counter() - t0
+        print(f"generate: {args.patients} synthetic patients written in {t_gen:.1f} s", flush=True)
+        t1 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "leader_kedro.bench", "_ingest_child", str(raw), str(aux), str(out), str(args.seed)],
+            capture_output=True, text=True,
+        )
+        wall = time.perf_counter() - t1
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return proc.returncode
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB -> GiB
+        print(
+            f"ingest: {child['patients']} patients, {child['visits']} visits, {child['n_medications']} meds; "
+            f"wall {wall:.1f} s (process incl. imports; ingest core {child['core_s']:.1f} s, "
+            f"core + writing outputs {child['core_and_write_s']:.1f} s); peak RSS {peak_gib:.2f} GiB"
+        )
+        print(f"rows read: {child['rows_read']}")
+        ok = wall < 60 and peak_gib < 4
+        print(f"target (< 60 s, < 4 GiB): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m leader_kedro.bench {ingest,efficiency} [options]")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "ingest":
+        return bench_ingest(rest)
+    if cmd == "_ingest_child":
+        return _ingest_child(rest)
+    if cmd == "efficiency":
+        from leader_kedro import efficiency
+
+        return int(efficiency.main(rest) or 0)
+    print(f"unknown benchmark {cmd!r}; expected ingest or efficiency", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Raw MIMIC tables -> visits, vocabularies, code names, DDI adjacency (docs/contracts.md).
+
+Everything is vectorised with pandas (merge / groupby / isin); no per-row Python loops over the
+big tables. Every dropped row, visit and patient is counted by reason in the returned stats.
+Samples and the split live in ``cohort_samples.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+import pandas as pd
+
+from leader_kedro.mimic import IngestInputError
+
+CODE_TYPES = ("diagnoses", "procedures", "medications")
+PROFILE_FIELDS = ("gender", "insurance", "language", "marital_status", "ethnicity", "admission_type")
+SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[MASK]"]
+TOKEN_PREFIX = {"medication": "M_", "diagnosis": "D_", "procedure": "P_"}
+
+
+@dataclass
+class IngestParams:
+    """The ``ingest`` parameters that shape the cohort (defaults = LEADER / SafeDrug values)."""
+
+    top_k_medications: int | None = 300
+    top_k_diagnoses: int | None = 2000
+    top_k_procedures: int | None = None
+    topk_count: str = "rows"  # rows (LEADER/SafeDrug) | visits
+    mapping_routes: list[str] = field(default_factory=lambda: ["rxnorm", "direct"])
+    drop_ndc_zero: bool = True
+    visit_order: str = "admittime"  # admittime | hadm_id (published pipelines)
+    required_code_types: list[str] = field(default_factory=lambda: list(CODE_TYPES))
+    min_visits: int = 1
+    patient_fraction: float = 1.0
+    icd_title: str = "short"  # short | long (MIMIC-IV has only long titles)
+    age_cap: float = 90.0
+    age_bins: list[float] = field(default_factory=lambda: [18, 30, 40, 50, 60, 70, 80, 90])
+    smiles_filter: bool = False
+    seed: int = 42
+
+    @classmethod
+    def from_dict(cls, params: dict | None, seed: int | None = None) -> IngestParams:
+        params = dict(params or {})
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in params.items() if k in known}
+        if seed is not None and "seed" not in kwargs:
+            kwargs["seed"] = seed
+        p = cls(**kwargs)
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        def bad(name, value, expected):
+            raise IngestInputError(f"Invalid parameter `ingest.{name}`: {value!r}; expected {expected}.")
+
+        if self.visit_order not in ("admittime", "hadm_id"):
+            bad("visit_order", self.visit_order, "admittime or hadm_id")
+        if self.topk_count not in ("rows", "visits"):
+            bad("topk_count", self.topk_count, "rows or visits")
+        for k in ("top_k_medications", "top_k_diagnoses", "top_k_procedures"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                bad(k, v, "a positive integer or null (no limit)")
+        if not isinstance(self.min_visits, int) or self.min_visits < 1:
+            bad("min_visits", self.min_visits, "an integer >= 1 (1 keeps single-visit patients)")
+        unknown = set(self.required_code_types) - set(CODE_TYPES)
+        if unknown or "medications" not in self.required_code_types:
+            bad("required_code_types", self.required_code_types, f"a subset of {list(CODE_TYPES)} that contains 'medications' (the labels)")
+        if not self.mapping_routes or set(self.mapping_routes) - {"rxnorm", "direct"}:
+            bad("mapping_routes", self.mapping_routes, "a non-empty list of 'rxnorm' and/or 'direct'")
+        if not 0 < float(self.patient_fraction) <= 1:
+            bad("patient_fraction", self.patient_fraction, "a number in (0, 1]")
+        if self.icd_title not in ("short", "long"):
+            bad("icd_title", self.icd_title, "short or long")
+        if list(self.age_bins) != sorted(self.age_bins):
+            bad("age_bins", self.age_bins, "increasing bin edges")
+        if self.smiles_filter:
+            bad("smiles_filter", True, "false: the SafeDrug SMILES filter needs DrugBank's drugbank_drugs_info.csv, which is not available")
+
+
+# --------------------------------------------------------------------------------------------
+# Medications: NDC -> ATC3
+# --------------------------------------------------------------------------------------------
+def ndc_to_atc3_table(ndcs: pd.Series, routes: list[str], ndc2rxnorm: pd.DataFrame | None,
+                      rxcui2atc4: pd.DataFrame | None, ndc2atc3: pd.DataFrame | None) -> pd.DataFrame:
+    """Map distinct NDCs to ATC3 through the routes in priority order; columns ndc, atc3, route."""
+    todo = pd.DataFrame({"ndc": pd.Series(ndcs.dropna().unique(), dtype="string")})
+    done = []
+    for route in routes:
+        if route == "rxnorm" and ndc2rxnorm is not None and rxcui2atc4 is not None:
+            m = todo.merge(ndc2rxnorm, on="ndc").merge(rxcui2atc4[["rxcui", "atc4"]], on="rxcui")
+            m = m.assign(atc3=m["atc4"].str[:4])[["ndc", "atc3"]]
+        elif route == "direct" and ndc2atc3 is not None:
+            m = todo.merge(ndc2atc3[["ndc", "atc3"]], on="ndc")
+        else:
+            continue
+        m = m.drop_duplicates("ndc").assign(route=route)
+        done.append(m)
+        todo = todo[~todo["ndc"].isin(m["ndc"])]
+    if not done:
+        return pd.DataFrame({"ndc": pd.Series(dtype="string"), "atc3": pd.Series(dtype="string"), "route": pd.Series(dtype="string")})
+    return pd.concat(done, ignore_index=True)
+
+
+def map_medications(prescriptions: pd.DataFrame, aux: dict, p: IngestParams, source_file: str = "PRESCRIPTIONS") -> tuple[pd.DataFrame, dict, dict]:
+    """Prescription rows -> (subject_id, hadm_id, atc3) rows; returns (rows, row drops, mapping stats)."""
+    rx = prescriptions
+    drops: dict[str, int] = {}
+    bad_id = rx["hadm_id"].isna() | rx["subject_id"].isna()
+    drops["missing_hadm_or_subject_id"] = int(bad_id.sum())
+    rx = rx[~bad_id]
+    ndc = rx["ndc"].str.replace("-", "", regex=False)
+    missing = ndc.isna() | (ndc == "") | ((ndc.str.strip("0") == "") if p.drop_ndc_zero else False)
+    drops["ndc_missing_or_zero"] = int(missing.sum())
+    rx = rx.assign(ndc=ndc)[~missing]
+    table = ndc_to_atc3_table(rx["ndc"], p.mapping_routes, aux.get("ndc2rxnorm"), aux.get("rxcui2atc4"), aux.get("ndc2atc3"))
+    mapped = rx.merge(table, on="ndc", how="left")
+    unmapped = mapped["atc3"].isna()
+    drops["ndc_unmapped"] = int(unmapped.sum())
+    n_ndc = int(rx["ndc"].nunique())
+    stats = {
+        "prescription_rows_with_ndc": int(len(rx)),
+        "prescription_rows_mapped": int((~unmapped).sum()),
+        "row_coverage": _ratio((~unmapped).sum(), len(rx)),
+        "distinct_ndc": n_ndc,
+        "distinct_ndc_mapped": int(len(table)),
+        "ndc_coverage": _ratio(len(table), n_ndc),
+        "by_route": {
+            route: {
+                "ndc": int((table["route"] == route).sum()),
+                "rows": int((mapped["route"] == route).sum()),
+            }
+            for route in p.mapping_routes
+        },
+    }
+    if unmapped.all():
+        raise IngestInputError(
+            f"No NDC mapped: none of the {n_ndc} distinct NDCs in {source_file} maps to an ATC code through "
+            f"the routes {p.mapping_routes} (ingest.mapping_routes, files ingest.aux_files.ndc2rxnorm / "
+            "rxcui2atc4 / ndc2atc3); expected 11-digit NDC strings present in the mapping files."
+        )
+    meds = mapped.loc[~unmapped, ["subject_id", "hadm_id", "atc3"]].rename(columns={"atc3": "code"})
+    return meds.reset_index(drop=True), drops, stats
+
+
+def _ratio(a, b) -> float:
+    return round(float(a) / float(b), 4) if b else 0.0
+
+
+def top_k_codes(rows: pd.DataFrame, k: int | None, count: str) -> tuple[pd.Index, pd.DataFrame]:
+    """The k most frequent codes (ties broken by code) and the rows restricted to them."""
+    if count == "visits":
+        freq = rows.drop_duplicates(["hadm_id", "code"])["code"].value_counts()
+    else:
+        freq = rows["code"].value_counts()
+    freq = freq.rename_axis("code").reset_index(name="n").sort_values(["n", "code"], ascending=[False, True], kind="stable")
+    keep = pd.Index(freq["code"] if k is None else freq["code"].iloc[:k])
+    return keep, rows[rows["code"].isin(keep)]
+
+
+# --------------------------------------------------------------------------------------------
+# Visits
+# --------------------------------------------------------------------------------------------
+def _code_rows(df: pd.DataFrame, drops: dict, name: str) -> pd.DataFrame:
+    bad = df["hadm_id"].isna() | df["subject_id"].isna()
+    drops[f"{name}:missing_hadm_or_subject_id"] = int(bad.sum())
+    df = df[~bad]
+    miss = df["code"].isna()
+    drops[f"{name}:code_missing"] = int(miss.sum())
+    return df[~miss][["subject_id", "hadm_id", "code"]]
+
+
+def _lists(rows: pd.DataFrame) -> pd.Series:
+    """hadm_id -> sorted unique list of codes (vectorised: factorise, sort ints, split once)."""
+    if rows.empty:
+        return pd.Series(dtype=object)
+    ids, uniques = pd.factorize(rows["code"], sort=True)
+    frame = pd.DataFrame({"h": rows["hadm_id"].to_numpy(dtype=np.int64), "c": ids})
+    frame = frame.drop_duplicates().sort_values(["h", "c"], kind="stable")
+    h = frame["h"].to_numpy()
+    names = np.asarray(uniques, dtype=object)[frame["c"].to_numpy()]
+    starts = np.r_[0, np.flatnonzero(h[1:] != h[:-1]) + 1]
+    lists = [chunk.tolist() for chunk in np.split(names, starts[1:])]
+    # plain object column of Python lists (pandas 3 would otherwise infer an Arrow list dtype,
+    # whose parquet metadata pandas cannot read back)
+    return pd.Series(lists, index=pd.Index(h[starts], name="hadm_id"), dtype=object)
+
+
+def admission_age(adm: pd.DataFrame, patients: pd.DataFrame, cap: float) -> tuple[pd.Series, int]:
+    """Age in years at admission, capped (MIMIC shifts ages > 89 to ~300 years); returns (age, n capped)."""
+    pat = patients.drop_duplicates("subject_id").set_index("subject_id")
+    if "dob" in pat.columns:
+        dob = adm["subject_id"].map(pat["dob"]).astype("datetime64[s]")
+        admit = adm["admittime"].astype("datetime64[s]")
+        age = ((admit - dob) / pd.Timedelta(days=365.25)).astype("float64")
+    else:
+        anchor_age = adm["subject_id"].map(pat["anchor_age"])
+        anchor_year = adm["subject_id"].map(pat["anchor_year"])
+        age = (anchor_age + (adm["admittime"].dt.year - anchor_year)).astype("float64")
+    age = age.where(age >= 0)
+    capped = age > cap
+    return age.clip(upper=cap).astype("float64"), int(capped.sum())
+
+
+def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) -> tuple[pd.DataFrame, dict]:
+    """Standard raw tables (mimic.read_raw_tables) + aux mappings -> the ``visits`` table and stats."""
+    row_drops: dict[str, int] = {}
+    adm = tables["admissions"]
+    bad = adm["hadm_id"].isna() | adm["subject_id"].isna()
+    row_drops["ADMISSIONS:missing_hadm_or_subject_id"] = int(bad.sum())
+    adm = adm[~bad]
+    dup = adm["hadm_id"].duplicated()
+    row_drops["ADMISSIONS:duplicate_hadm_id"] = int(dup.sum())
+    adm = adm[~dup].copy()
+    adm["subject_id"], adm["hadm_id"] = adm["subject_id"].astype("int64"), adm["hadm_id"].astype("int64")
+
+    dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
+    px = _code_rows(tables["procedures"], row_drops, "PROCEDURES_ICD")
+    meds, med_drops, mapping = map_medications(tables["prescriptions"], aux, p)
+    row_drops.update({f"PRESCRIPTIONS:{k}": v for k, v in med_drops.items()})
+    recorded = {
+        "diagnoses": set(dx["hadm_id"].unique()),
+        "procedures": set(px["hadm_id"].unique()),
+        "medications": set(tables["prescriptions"]["hadm_id"].dropna().unique()),
+    }
+    mapped_meds = set(meds["hadm_id"].unique())
+
+    kept_rows, vocab_sizes = {}, {}
+    for name, rows, k in (("diagnoses", dx, p.top_k_diagnoses), ("procedures", px, p.top_k_procedures), ("medications", meds, p.top_k_medications)):
+        keep, kept = top_k_codes(rows, k, p.topk_count)
+        row_drops[f"{name}:code_outside_top_k"] = int(len(rows) - len(kept))
+        orphan = ~kept["hadm_id"].isin(adm["hadm_id"])
+        row_drops[f"{name}:hadm_id_not_in_admissions"] = int(orphan.sum())
+        kept_rows[name] = kept[~orphan]
+        vocab_sizes[name] = int(len(keep))
+    lists = {name: _lists(rows) for name, rows in kept_rows.items()}
+
+    # Drop visits by reason: the first missing code type in required order decides the reason.
+    reason = pd.Series(pd.NA, index=adm["hadm_id"].to_numpy(), dtype="string")
+    for name in p.required_code_types:
+        idx = reason.index
+        has_kept = idx.isin(lists[name].index)
+        has_rec = idx.isin(list(recorded[name]))
+        if name == "medications":
+            has_map = idx.isin(list(mapped_meds))
+            why = np.where(~has_rec, "no_medications_recorded", np.where(~has_map, "no_medication_mapped_to_atc3", "no_medication_in_top_k"))
+        else:
+            why = np.where(~has_rec, f"no_{name}_recorded", f"no_{name}_in_top_k")
+        reason = reason.mask(reason.isna() & ~has_kept, pd.Series(why, index=idx, dtype="string"))
+    visit_drops = {str(k): int(v) for k, v in reason.value_counts().items()}
+    adm = adm[reason.isna().to_numpy()]
+
+    visits = adm.copy()
+    for name in CODE_TYPES:
+        visits[name] = visits["hadm_id"].map(lists[name])
+        empty = visits[name].isna()
+        if empty.any():
+            visits.loc[empty, name] = pd.Series([[] for _ in range(int(empty.sum()))], index=visits.index[empty], dtype=object)
+
+    patient_drops: dict[str, int] = {}
+    n_before = visits["subject_id"].nunique()
+    if p.patient_fraction < 1:
+        subjects = np.sort(visits["subject_id"].unique())
+        rng = np.random.default_rng(p.seed)
+        chosen = rng.choice(subjects, size=max(1, int(round(p.patient_fraction * len(subjects)))), replace=False)
+        out = ~visits["subject_id"].isin(chosen)
+        patient_drops["not_sampled_patient_fraction"] = int(visits.loc[out, "subject_id"].nunique())
+        visit_drops["not_sampled_patient_fraction"] = int(out.sum())
+        visits = visits[~out]
+
+    order = ["subject_id", "admittime", "hadm_id"] if p.visit_order == "admittime" else ["subject_id", "hadm_id"]
+    visits = visits.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
+    visits["visit_index"] = visits.groupby("subject_id").cumcount().astype("int64")
+    n_visits = visits.groupby("subject_id")["hadm_id"].transform("size")
+    low = n_visits < p.min_visits
+    patient_drops["below_min_visits"] = int(visits.loc[low, "subject_id"].nunique())
+    visit_drops["patient_below_min_visits"] = int(low.sum())
+    visits = visits[~low].reset_index(drop=True)
+
+    patients_lost = int(tables["admissions"]["subject_id"].nunique() - visits["subject_id"].nunique())
+    if visits.empty:
+        raise IngestInputError(
+            "Cohort emptied by the filters: no visit is left (visits dropped by reason: "
+            f"{visit_drops}; patients dropped: {patient_drops}). Check ingest.required_code_types, "
+            "ingest.min_visits, the top-k parameters and the mapping files."
+        )
+
+    age, n_capped = admission_age(visits, tables["patients"], p.age_cap)
+    pat = tables["patients"].drop_duplicates("subject_id").set_index("subject_id")
+    visits["gender"] = visits["subject_id"].map(pat["gender"])
+    visits["age"] = age.to_numpy()
+    for col in PROFILE_FIELDS:
+        visits[col] = visits[col].astype("string").fillna("unknown").astype(str)
+    cols = ["subject_id", "hadm_id", "admittime", "visit_index", *CODE_TYPES, "gender", "age", *PROFILE_FIELDS[1:]]
+    visits = visits[cols]
+    visits["admittime"] = visits["admittime"].astype("datetime64[us]")
+    stats = {
+        "mapping": mapping,
+        "rows_dropped": row_drops,
+        "visits_dropped": visit_drops,
+        "patients_dropped": {**patient_drops, "all_visits_dropped_total": patients_lost},
+        "top_k_vocab_sizes": vocab_sizes,
+        "age": {"cap": p.age_cap, "n_capped": n_capped, "n_unknown": int(visits["age"].isna().sum()),
+                "note": f"MIMIC shifts ages above 89 to ~300 years; ages are capped at {p.age_cap}"},
+        "visits_before_patient_filters": int(len(adm)),
+        "patients_before_patient_filters": int(n_before),
+    }
+    return visits, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Vocab, names, DDI
+# --------------------------------------------------------------------------------------------
+def _unique_sorted(col: pd.Series) -> list[str]:
+    return sorted({str(c) for c in chain.from_iterable(col)})
+
+
+def build_vocab(visits: pd.DataFrame, age_bins: list[float]) -> dict:
+    dx, px, meds = (_unique_sorted(visits[c]) for c in CODE_TYPES)
+    tokens = SPECIAL_TOKENS + [f"M_{m}" for m in meds] + [f"D_{d}" for d in dx] + [f"P_{c}" for c in px]
+    profile = {f: ["unknown"] + sorted(set(visits[f].astype(str)) - {"unknown"}) for f in PROFILE_FIELDS}
+    return {"medication": meds, "diagnosis": dx, "procedure": px, "tokens": tokens, "profile": profile, "age_bins": [float(b) for b in age_bins]}
+
+
+def build_code_names(vocab: dict, tables: dict[str, pd.DataFrame], atc_names: dict[str, str], icd_title: str) -> tuple[dict, dict]:
+    names, missing = {}, {}
+    for kind, table in (("diagnosis", "d_diagnoses"), ("procedure", "d_procedures")):
+        d = tables[table]
+        col = "short_title" if icd_title == "short" and "short_title" in d.columns else ("long_title" if "long_title" in d.columns else "title")
+        d = d.dropna(subset=["code", col]).drop_duplicates("code")
+        lookup = dict(zip(d["code"], d[col], strict=True))
+        names[kind] = {c: lookup[c] for c in vocab[kind] if c in lookup}
+        missing[kind] = int(len(vocab[kind]) - len(names[kind]))
+    names["medication"] = {m: atc_names[m] for m in vocab["medication"] if m in atc_names}
+    missing["medication"] = int(len(vocab["medication"]) - len(names["medication"]))
+    return names, missing
+
+
+def build_ddi_adjacency(medications: list[str], pairs: pd.DataFrame | None) -> pd.DataFrame:
+    """Square 0/1 DDI table over the medication vocabulary: symmetric, zero diagonal."""
+    n = len(medications)
+    adj = np.zeros((n, n), dtype=np.int64)
+    if pairs is not None and len(pairs):
+        pos = pd.Series(np.arange(n), index=medications)
+        a, b = pairs["a"].map(pos), pairs["b"].map(pos)
+        ok = a.notna() & b.notna()
+        ia, ib = a[ok].astype(int).to_numpy(), b[ok].astype(int).to_numpy()
+        adj[ia, ib] = 1
+        adj[ib, ia] = 1
+        np.fill_diagonal(adj, 0)
+    return pd.DataFrame(adj, index=pd.Index(medications, name="atc3"), columns=medications)
+
+
+def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.ndarray, chunk: int = 20000) -> float:
+    """Pooled DDI rate of the ground-truth medication sets (interacting pairs / all pairs)."""
+    lengths = medications.map(len).to_numpy()
+    if lengths.sum() == 0:
+        return 0.0
+    rows = np.repeat(np.arange(len(medications)), lengths)
+    cols = pd.Index(vocab_meds).get_indexer(list(chain.from_iterable(medications)))
+    ok = cols >= 0
+    rows, cols = rows[ok], cols[ok]
+    upper = np.triu(np.maximum(adj, adj.T), k=1).astype(np.float32)
+    n_rows = rows.max() + 1 if len(rows) else 0
+    inter = total = 0.0
+    for start in range(0, n_rows, chunk):
+        sel = (rows >= start) & (rows < start + chunk)
+        y = np.zeros((min(chunk, n_rows - start), len(vocab_meds)), dtype=np.float32)
+        y[rows[sel] - start, cols[sel]] = 1.0
+        inter += float(((y @ upper) * y).sum())
+        k = y.sum(1)
+        total += float((k * (k - 1) / 2).sum())
+    return round(inter / total, 6) if total else 0.0
+
+
+def cohort_stats(visits: pd.DataFrame, vocab: dict, ddi: pd.DataFrame) -> dict:
+    n_vis = visits.groupby("subject_id").size()
+    return {
+        "patients": int(len(n_vis)),
+        "visits": int(len(visits)),
+        "single_visit_patients": int((n_vis == 1).sum()),
+        "single_visit_share": _ratio((n_vis == 1).sum(), len(n_vis)),
+        "max_visits_per_patient": int(n_vis.max()),
+        "mean_visits_per_patient": round(float(n_vis.mean()), 4),
+        "n_medications": len(vocab["medication"]),
+        "n_diagnoses": len(vocab["diagnosis"]),
+        "n_procedures": len(vocab["procedure"]),
+        "mean_diagnoses_per_visit": round(float(visits["diagnoses"].map(len).mean()), 4),
+        "mean_procedures_per_visit": round(float(visits["procedures"].map(len).mean()), 4),
+        "mean_medications_per_visit": round(float(visits["medications"].map(len).mean()), 4),
+        "ddi_pairs_in_vocab": int(np.triu(ddi.to_numpy(), k=1).sum()),
+        "ddi_rate_ground_truth": ddi_rate_of_visits(visits["medications"], vocab["medication"], ddi.to_numpy()),
+    }

@@ -1,0 +1,323 @@
+"""The teacher feature cache: pooled final hidden states per sample, float16, fingerprinted.
+
+The student distils from these cached vectors (offline KD, as in the paper) instead of running the
+teacher every batch. A fingerprint ties the cache to what produced it (teacher adapter + head,
+backbone/tokenizer, max_length, sample ids and prompt texts): :func:`check_fresh` refuses a cache
+whose fingerprint does not match and says which command refreshes it.
+
+Importable without Kedro; torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+REFRESH_COMMAND = "kedro run --pipeline=features"
+FINGERPRINT_VERSION = "leader-features-v1"
+
+
+class StaleFeaturesError(RuntimeError):
+    """Cached teacher features do not match the current teacher or prompts."""
+
+
+def _card_value(teacher_card: Mapping[str, Any], key: str) -> Any:
+    if not isinstance(teacher_card, Mapping) or key not in teacher_card:
+        raise ValueError(
+            f"teacher_card has no '{key}' (keys: {sorted(teacher_card) if isinstance(teacher_card, Mapping) else type(teacher_card).__name__}); "
+            "re-make it with `kedro run --pipeline=teacher`"
+        )
+    return teacher_card[key]
+
+
+def _tokenizer_name(teacher_card: Mapping[str, Any]) -> str:
+    return str(teacher_card.get("tokenizer") or _card_value(teacher_card, "backbone"))
+
+
+def prompts_hash(prompts: pd.DataFrame) -> str:
+    """sha256 over the sample ids and prompt texts, in row order."""
+    for col in ("sample_id", "prompt"):
+        if col not in prompts.columns:
+            raise ValueError(
+                f"prompts table has no '{col}' column (columns: {list(prompts.columns)}); "
+                "make it with `kedro run --pipeline=prompts`"
+            )
+    h = hashlib.sha256()
+    for sid, text in zip(
+        prompts["sample_id"].astype(str), prompts["prompt"].astype(str), strict=True
+    ):
+        h.update(sid.encode())
+        h.update(b"\x1f")
+        h.update(text.encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def _ids_hash(sample_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\x1e".join(map(str, sample_ids)).encode()).hexdigest()
+
+
+def provenance(teacher_card: Mapping[str, Any], prompts: pd.DataFrame) -> dict[str, Any]:
+    """The components the fingerprint is made of (also stored in the cache's metadata)."""
+    return {
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "teacher_fingerprint": str(_card_value(teacher_card, "fingerprint")),
+        "backbone": str(_card_value(teacher_card, "backbone")),
+        "tokenizer": _tokenizer_name(teacher_card),
+        "max_length": int(_card_value(teacher_card, "max_length")),
+        "pooling": str(teacher_card.get("pooling", "")),
+        "prompts_sha256": prompts_hash(prompts),
+        "sample_ids_sha256": _ids_hash(prompts["sample_id"].astype(str).tolist()),
+        "n_samples": len(prompts),
+    }
+
+
+def expected_fingerprint(teacher_card: Mapping[str, Any], prompts: pd.DataFrame) -> str:
+    """Hash of the teacher fingerprint, backbone/tokenizer, max_length, sample ids and prompt texts."""
+    prov = provenance(teacher_card, prompts)
+    return hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()
+
+
+def check_fresh(
+    features: Mapping[str, Any],
+    teacher_card: Mapping[str, Any],
+    prompts: pd.DataFrame,
+    name: str = "teacher_features",
+) -> None:
+    """Raise :class:`StaleFeaturesError` unless ``features`` were made by this teacher from these prompts.
+
+    The message names the artifact, says why it is stale (teacher changed / prompts changed /
+    sample ids differ / extraction skipped) and gives the command that refreshes it.
+    """
+    expected = expected_fingerprint(teacher_card, prompts)
+    if not isinstance(features, Mapping):
+        raise StaleFeaturesError(
+            f"{name} is not a feature cache (got {type(features).__name__}); "
+            f"refresh it with `{REFRESH_COMMAND}`"
+        )
+    meta = dict(features.get("metadata") or {})
+    ids = [str(s) for s in features.get("sample_ids") or []]
+    hidden = features.get("hidden")
+    n_rows = int(hidden.shape[0]) if hidden is not None and hasattr(hidden, "shape") else -1
+    problems = []
+    if meta.get("skipped"):
+        problems.append(f"extraction was skipped ({meta.get('reason', 'switched off')})")
+    if n_rows != len(ids):
+        problems.append(
+            f"the cache is inconsistent ({n_rows} hidden rows for {len(ids)} sample ids)"
+        )
+    if features.get("fingerprint") != expected:
+        card_fp = str(_card_value(teacher_card, "fingerprint"))
+        if meta.get("teacher_fingerprint") != card_fp:
+            problems.append(
+                f"the teacher changed (cache made by teacher {str(meta.get('teacher_fingerprint'))[:12]}, "
+                f"current teacher_card says {card_fp[:12]})"
+            )
+        for key in ("backbone", "tokenizer", "max_length"):
+            now = provenance(teacher_card, prompts)[key]
+            if key in meta and meta[key] != now:
+                problems.append(f"the {key} changed ({meta[key]!r} -> {now!r})")
+        want_ids = prompts["sample_id"].astype(str).tolist()
+        if ids != want_ids:
+            missing = len(set(want_ids) - set(ids))
+            extra = len(set(ids) - set(want_ids))
+            first = next(
+                (k for k, (a, b) in enumerate(zip(ids, want_ids, strict=False)) if a != b),
+                min(len(ids), len(want_ids)),
+            )
+            problems.append(
+                f"sample ids differ ({len(ids)} cached vs {len(want_ids)} in the prompts; "
+                f"{missing} missing, {extra} extra, first difference at row {first})"
+            )
+        elif meta.get("prompts_sha256") and meta.get("prompts_sha256") != prompts_hash(prompts):
+            problems.append("the prompts changed (same sample ids, different prompt texts)")
+        if not problems:
+            problems.append("the fingerprint does not match (cache from another code version?)")
+    if problems:
+        raise StaleFeaturesError(
+            f"{name} is stale: " + "; ".join(problems) + f". Refresh it with `{REFRESH_COMMAND}`."
+        )
+
+
+def aligned_hidden(
+    features: Mapping[str, Any], sample_ids: Sequence[str], name: str = "teacher_features"
+):
+    """The cached hidden rows in the order of ``sample_ids`` (a torch float16 tensor)."""
+    import torch
+
+    index = {str(s): i for i, s in enumerate(features["sample_ids"])}
+    missing = [s for s in map(str, sample_ids) if s not in index]
+    if missing:
+        raise StaleFeaturesError(
+            f"{name} has no row for {len(missing)} sample(s), e.g. {missing[:3]}; "
+            f"refresh it with `{REFRESH_COMMAND}`"
+        )
+    rows = torch.as_tensor([index[str(s)] for s in sample_ids], dtype=torch.long)
+    return features["hidden"].index_select(0, rows)
+
+
+def extract_features(
+    bundle: Any,
+    teacher_card: Mapping[str, Any],
+    prompts: pd.DataFrame,
+    batch_size: int = 32,
+    split: str = "train",
+    sort_by_length: bool = True,
+) -> dict[str, Any]:
+    """Run the teacher over the prompts and return the cache dict (float16 hidden states).
+
+    ``bundle`` is a ``teacher.TeacherBundle``; its ``encode`` already batches by length, and
+    with ``sort_by_length`` the prompts are also handed over sorted by their token count (longest
+    first, so a too-large batch fails at once) and the rows are put back in prompt order.
+    """
+    import torch
+
+    card_fp = str(_card_value(teacher_card, "fingerprint"))
+    bundle_fp = getattr(bundle, "fingerprint", None)
+    if bundle_fp is not None and str(bundle_fp) != card_fp:
+        raise StaleFeaturesError(
+            f"teacher_model (fingerprint {str(bundle_fp)[:12]}) and teacher_card "
+            f"(fingerprint {card_fp[:12]}) come from different teacher runs; "
+            "re-make both with `kedro run --pipeline=teacher`"
+        )
+    max_length = int(_card_value(teacher_card, "max_length"))
+    if "n_tokens" in prompts.columns and len(prompts):
+        longest = int(prompts["n_tokens"].max())
+        if longest > max_length:
+            raise ValueError(
+                f"prompts_{split} has prompts of up to {longest} tokens but the teacher reads only "
+                f"{max_length} (teacher_card.max_length): the teacher would cut the current visit "
+                "and the cue. Use the same value for params:prompts.max_length and the teacher, "
+                "then `kedro run --pipeline=prompts`"
+            )
+    _check_tokenizer(bundle, prompts, split, teacher_card)
+    if batch_size < 1:
+        raise ValueError(f"params:features.batch_size must be >= 1, got {batch_size}")
+    texts = prompts["prompt"].astype(str).tolist()
+    order = np.arange(len(texts))
+    if sort_by_length and "n_tokens" in prompts.columns:
+        order = np.argsort(-prompts["n_tokens"].to_numpy(), kind="stable")
+    start = time.perf_counter()
+    if texts:
+        hidden, _ = bundle.encode([texts[i] for i in order], batch_size=batch_size)
+        hidden = np.asarray(hidden, dtype=np.float32)
+        if hidden.ndim != 2 or hidden.shape[0] != len(texts):
+            raise ValueError(
+                f"TeacherBundle.encode returned hidden states of shape {hidden.shape}, "
+                f"expected [{len(texts)}, H]"
+            )
+        restored = np.empty_like(hidden)
+        restored[order] = hidden
+        hidden = restored
+    else:
+        hidden = np.zeros((0, int(teacher_card.get("hidden_size", 0))), dtype=np.float32)
+    seconds = time.perf_counter() - start
+    overflow = int(np.sum(np.abs(hidden) > np.finfo(np.float16).max))
+    if overflow:
+        raise ValueError(
+            f"{overflow} hidden values of prompts_{split} exceed the float16 range "
+            f"(max |x| = {float(np.abs(hidden).max()):.3g}); the cache stores float16"
+        )
+    if not np.isfinite(hidden).all():
+        raise ValueError(f"the teacher returned non-finite hidden states for prompts_{split}")
+    tensor = torch.from_numpy(hidden).to(torch.float16)
+    abs_err = float(np.abs(tensor.float().numpy() - hidden).max()) if hidden.size else 0.0
+    meta = {
+        **provenance(teacher_card, prompts),
+        "split": split,
+        "hidden_size": int(tensor.shape[1]),
+        "dtype": "float16",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "batch_size": int(batch_size),
+        "extraction_seconds": round(seconds, 3),
+        "float16_max_abs_error": abs_err,
+        "skipped": False,
+    }
+    logger.info(
+        "teacher features for %s: %d x %d in %.1fs",
+        split,
+        tensor.shape[0],
+        tensor.shape[1],
+        seconds,
+    )
+    return {
+        "sample_ids": prompts["sample_id"].astype(str).tolist(),
+        "hidden": tensor,
+        "fingerprint": expected_fingerprint(teacher_card, prompts),
+        "metadata": meta,
+    }
+
+
+def _check_tokenizer(
+    bundle: Any, prompts: pd.DataFrame, split: str, teacher_card, n: int = 64
+) -> None:
+    """The prompts' ``n_tokens`` must have been counted with the teacher's own tokenizer."""
+    tokenizer = getattr(bundle, "tokenizer", None)
+    if tokenizer is None or "n_tokens" not in prompts.columns or not len(prompts):
+        return
+    head = prompts.iloc[:n]
+    counted = [len(ids) for ids in tokenizer(head["prompt"].astype(str).tolist())["input_ids"]]
+    differ = int(np.sum(np.asarray(counted) != head["n_tokens"].to_numpy()))
+    if differ:
+        raise ValueError(
+            f"prompts_{split}: {differ} of the first {len(head)} prompts have another token count "
+            f"with the teacher's tokenizer ({teacher_card.get('backbone')}) than recorded in "
+            "n_tokens: the prompts were measured with another tokenizer. Set "
+            "params:prompts.tokenizer to the teacher backbone and run `kedro run --pipeline=prompts`"
+        )
+
+
+def skipped_features(
+    teacher_card: Mapping[str, Any], prompts: pd.DataFrame, split: str, reason: str
+) -> dict[str, Any]:
+    """An empty cache for a split whose extraction is switched off (check_fresh refuses it)."""
+    import torch
+
+    hidden_size = int(teacher_card.get("hidden_size", 0) or 0)
+    meta = {
+        **provenance(teacher_card, prompts),
+        "split": split,
+        "hidden_size": hidden_size,
+        "dtype": "float16",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "skipped": True,
+        "reason": reason,
+    }
+    return {
+        "sample_ids": [],
+        "hidden": torch.zeros((0, hidden_size), dtype=torch.float16),
+        "fingerprint": "skipped",
+        "metadata": meta,
+    }
+
+
+def storage_report(features: Mapping[str, Any], json_rows: int = 64) -> dict[str, Any]:
+    """Bytes per sample of the float16 cache vs the paper's JSON-float lines (measured on rows)."""
+    hidden = features["hidden"]
+    n, h = int(hidden.shape[0]), int(hidden.shape[1]) if hidden.ndim == 2 else 0
+    per_sample = h * 2
+    report: dict[str, Any] = {
+        "samples": n,
+        "hidden_size": h,
+        "bytes_per_sample_float16": per_sample,
+        "tensor_bytes": n * per_sample,
+    }
+    if n and h:
+        rows = hidden[: min(n, json_rows)].float().numpy()
+        # the official code wrote the fp16 state as JSON floats, one list per sample
+        json_bytes = np.mean([len(json.dumps([float(x) for x in r])) for r in rows])
+        report["bytes_per_sample_json_floats"] = round(float(json_bytes), 1)
+        report["json_over_float16"] = round(float(json_bytes) / per_sample, 2)
+        report["bytes_per_sample_float16_at_4096"] = 4096 * 2
+        report["bytes_per_sample_json_at_4096_estimate"] = round(float(json_bytes) / h * 4096, 1)
+    return report

@@ -1,0 +1,87 @@
+"""Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations), predict, evaluate, register."""
+
+from kedro.pipeline import Node, Pipeline
+
+from leader_kedro.pipelines.distill import nodes
+
+TRAIN_INPUTS = [
+    "samples_train",
+    "samples_val",
+    "vocab",
+    "code_names",
+    "teacher_features",
+    "teacher_card",
+    "prompts_train",
+    "params:distill",
+]
+ABLATION_INPUTS = [
+    "samples_train",
+    "samples_val",
+    "samples_test",
+    "vocab",
+    "code_names",
+    "teacher_features",
+    "teacher_card",
+    "prompts_train",
+    "params:distill",
+]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                nodes.train_student_main,
+                TRAIN_INPUTS,
+                ["student_model", "student_history_main"],
+                name="train_student",
+                tags=["distill", "training"],
+            ),
+            Node(
+                nodes.predict_student,
+                ["student_model", "samples_val", "samples_test", "params:distill"],
+                ["student_predictions_val", "student_predictions_test"],
+                name="predict_student",
+                tags=["distill", "inference"],
+            ),
+            Node(
+                nodes.train_student_no_kd,
+                ABLATION_INPUTS,
+                ["student_no_kd_predictions_val", "student_no_kd_predictions_test", "student_history_no_kd"],
+                name="train_student_no_kd",
+                tags=["distill", "training", "ablation"],
+            ),
+            Node(
+                nodes.train_student_no_align,
+                ABLATION_INPUTS,
+                ["student_no_align_predictions_val", "student_no_align_predictions_test", "student_history_no_align"],
+                name="train_student_no_align",
+                tags=["distill", "training", "ablation"],
+            ),
+            Node(
+                nodes.evaluate_students,
+                [
+                    "samples_test",
+                    "vocab",
+                    "student_predictions_test",
+                    "student_no_kd_predictions_test",
+                    "student_no_align_predictions_test",
+                    "teacher_predictions_test",
+                    "student_history_main",
+                    "student_history_no_kd",
+                    "student_history_no_align",
+                    "params:distill",
+                ],
+                ["distill_metrics", "student_training_history"],
+                name="evaluate_students",
+                tags=["distill", "evaluation"],
+            ),
+            Node(
+                nodes.register_student,
+                ["student_model", "samples_test", "distill_metrics", "params:distill"],
+                "student_registration",
+                name="register_student",
+                tags=["distill", "registry"],
+            ),
+        ]
+    )

@@ -1,0 +1,83 @@
+"""Evaluate pipeline: baselines -> metrics (labelled protocols, groups, DDI trade-off) ->
+efficiency -> markdown report and plots (data/08_reporting, logged to MLflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kedro.pipeline import Node, Pipeline
+
+from leader_kedro.pipelines.evaluate import nodes
+
+DEFAULT_MODELS = (
+    "teacher",
+    "student",
+    "student_no_kd",
+    "student_no_align",
+    "baseline_mostfreq",
+    "baseline_logreg",
+)
+
+
+def create_pipeline(
+    models: Sequence[str] = DEFAULT_MODELS, with_efficiency: bool = True, **kwargs
+) -> Pipeline:
+    """``models``: the prediction datasets wired into the comparison (``{model}_predictions_{split}``);
+    the ``evaluate.models`` parameter picks and orders among them."""
+    prediction_inputs = {
+        f"{m}_{split}": f"{m}_predictions_{split}" for m in models for split in ("val", "test")
+    }
+    node_list = [
+        Node(
+            nodes.baseline_mostfreq,
+            inputs=["samples_train", "samples_val", "samples_test", "vocab"],
+            outputs=["baseline_mostfreq_predictions_val", "baseline_mostfreq_predictions_test"],
+            name="baseline_mostfreq",
+            tags=["evaluate", "baselines"],
+        ),
+        Node(
+            nodes.baseline_logreg,
+            inputs=["samples_train", "samples_val", "samples_test", "vocab", "params:evaluate"],
+            outputs=["baseline_logreg_predictions_val", "baseline_logreg_predictions_test"],
+            name="baseline_logreg",
+            tags=["evaluate", "baselines"],
+        ),
+        Node(
+            nodes.evaluate_models,
+            inputs={
+                "samples_val": "samples_val",
+                "samples_test": "samples_test",
+                "vocab": "vocab",
+                "ddi_adjacency": "ddi_adjacency",
+                "params": "params:evaluate",
+                **prediction_inputs,
+            },
+            outputs="metrics",
+            name="evaluate_models",
+            tags=["evaluate", "metrics"],
+        ),
+        Node(
+            nodes.make_report,
+            inputs=["metrics", "efficiency", "ingest_report", "params:evaluate"],
+            outputs=["report", "plot_prauc_by_group", "plot_ddi_tradeoff", "plot_efficiency"],
+            name="make_report",
+            tags=["evaluate", "report"],
+        ),
+    ]
+    if with_efficiency:
+        node_list.append(
+            Node(
+                nodes.measure_efficiency,
+                inputs=[
+                    "teacher_model",
+                    "student_model",
+                    "prompts_test",
+                    "samples_test",
+                    "params:evaluate",
+                ],
+                outputs="efficiency",
+                name="measure_efficiency",
+                tags=["evaluate", "efficiency"],
+            )
+        )
+    return Pipeline(node_list)

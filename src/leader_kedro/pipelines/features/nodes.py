@@ -1,0 +1,86 @@
+"""Thin nodes of the features stage: unpack params, call ``leader_kedro.features``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from leader_kedro import features, tracking
+
+
+def extract(
+    teacher_model: Any,
+    teacher_card: dict,
+    prompts: pd.DataFrame,
+    params: dict[str, Any],
+    split: str,
+) -> dict[str, Any]:
+    """Teacher features of one split, or an empty (skipped) cache when the split is switched off."""
+    splits = list(params.get("splits", ["train", "val", "test"]))
+    if split not in splits:
+        return features.skipped_features(
+            teacher_card, prompts, split, f"params:features.splits = {splits} excludes '{split}'"
+        )
+    out = features.extract_features(
+        teacher_model,
+        teacher_card,
+        prompts,
+        batch_size=int(params.get("batch_size", 32)),
+        split=split,
+        sort_by_length=bool(params.get("sort_by_length", True)),
+    )
+    meta = out["metadata"]
+    tracking.log_metrics(
+        {
+            f"features_{split}_seconds": meta["extraction_seconds"],
+            f"features_{split}_samples": len(out["sample_ids"]),
+        }
+    )
+    return out
+
+
+def extract_train(teacher_model, teacher_card, prompts_train, params):
+    return extract(teacher_model, teacher_card, prompts_train, params, "train")
+
+
+def extract_val(teacher_model, teacher_card, prompts_val, params):
+    return extract(teacher_model, teacher_card, prompts_val, params, "val")
+
+
+def extract_test(teacher_model, teacher_card, prompts_test, params):
+    return extract(teacher_model, teacher_card, prompts_test, params, "test")
+
+
+def report_features(
+    train: dict[str, Any], val: dict[str, Any], test: dict[str, Any], teacher_card: dict
+) -> dict[str, Any]:
+    """``teacher_features_report``: provenance, timings and storage size per split."""
+    report: dict[str, Any] = {
+        "teacher_fingerprint": teacher_card.get("fingerprint"),
+        "backbone": teacher_card.get("backbone"),
+        "refresh_command": features.REFRESH_COMMAND,
+        "splits": {},
+    }
+    for split, feats in (("train", train), ("val", val), ("test", test)):
+        meta = feats["metadata"]
+        entry = {
+            "fingerprint": feats["fingerprint"],
+            "skipped": bool(meta.get("skipped", False)),
+            **features.storage_report(feats),
+        }
+        for key in ("extraction_seconds", "batch_size", "float16_max_abs_error", "created_at"):
+            if key in meta:
+                entry[key] = meta[key]
+        if meta.get("extraction_seconds") and entry["samples"]:
+            entry["samples_per_second"] = round(entry["samples"] / meta["extraction_seconds"], 2)
+        report["splits"][split] = entry
+    tracking.log_dict(report, "features/teacher_features_report.json")
+    train_entry = report["splits"]["train"]
+    tracking.log_metrics(
+        {
+            "features_bytes_per_sample": train_entry["bytes_per_sample_float16"],
+            "features_json_bytes_per_sample": train_entry.get("bytes_per_sample_json_floats"),
+        }
+    )
+    return report

@@ -1,0 +1,33 @@
+"""Features pipeline: ``teacher_model`` + ``teacher_card`` + ``prompts_{split}`` -> feature caches."""
+
+from kedro.pipeline import Node, Pipeline
+
+from leader_kedro.pipelines.features import nodes
+
+OUTPUTS = {
+    "train": "teacher_features",
+    "val": "teacher_features_val",
+    "test": "teacher_features_test",
+}
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    funcs = {"train": nodes.extract_train, "val": nodes.extract_val, "test": nodes.extract_test}
+    extract_nodes = [
+        Node(
+            func=funcs[split],
+            inputs=["teacher_model", "teacher_card", f"prompts_{split}", "params:features"],
+            outputs=output,
+            name=f"extract_teacher_features_{split}",
+            tags=["features"],
+        )
+        for split, output in OUTPUTS.items()
+    ]
+    report = Node(
+        func=nodes.report_features,
+        inputs=[*OUTPUTS.values(), "teacher_card"],
+        outputs="teacher_features_report",
+        name="report_teacher_features",
+        tags=["features", "report"],
+    )
+    return Pipeline([*extract_nodes, report])

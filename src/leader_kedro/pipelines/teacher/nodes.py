@@ -1,0 +1,50 @@
+"""Thin nodes for the teacher stage: unpack parameters, call the core, return tables/dicts."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def train_teacher(
+    prompts_train: pd.DataFrame,
+    samples_train: pd.DataFrame,
+    prompts_val: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    vocab: dict,
+    params: dict,
+    seed: int,
+):
+    """Fine-tune the teacher on the train prompts, early-stopped on val PRAUC."""
+    from leader_kedro import teacher_training
+
+    bundle, history = teacher_training.train_teacher(
+        prompts_train, samples_train, prompts_val, samples_val, vocab["medication"], params, seed=int(seed)
+    )
+    return bundle, history
+
+
+def predict_teacher(
+    teacher_model,
+    prompts_val: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    prompts_test: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    training_history: dict,
+    params: dict,
+):
+    """Val/test probabilities (predictions contract) and the teacher card (provenance + metrics)."""
+    from leader_kedro import teacher_training, tracking
+
+    threshold = float(params.get("threshold", 0.3))
+    batch_size = int(params.get("predict_batch_size", params.get("eval_batch_size", 32)))
+    pred_val, m_val = teacher_training.evaluate_split(
+        teacher_model, prompts_val, samples_val, "val", threshold, batch_size
+    )
+    pred_test, m_test = teacher_training.evaluate_split(
+        teacher_model, prompts_test, samples_test, "test", threshold, batch_size
+    )
+    card = teacher_training.teacher_card(teacher_model, m_val, m_test, training_history, threshold)
+    tracking.log_metrics(m_val, prefix="teacher.val.")
+    tracking.log_metrics(m_test, prefix="teacher.test.")
+    tracking.log_dict(card, "teacher/teacher_card.json")
+    return pred_val, pred_test, card
