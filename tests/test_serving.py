@@ -22,7 +22,12 @@ PARAMS = {
     "kd": {"enabled": False},
     "align": {"enabled": True, "beta": 0.005, "tau": 0.1},
     "training": {"max_epochs": 1, "batch_size": 16, "seed": 3, "progress": False},
-    "registry": {"enabled": True, "model_name": "leader-student", "artifact_name": "leader_student", "top_k": 4},
+    "registry": {
+        "enabled": True,
+        "model_name": "leader-student",
+        "artifact_name": "leader_student",
+        "top_k": 4,
+    },
 }
 NEW_PATIENT = {
     "diagnoses": [["4019", "42731"]],
@@ -43,7 +48,12 @@ NEW_PATIENT = {
 def trained():
     cohort = make_tiny_cohort(60, seed=2)
     bundle, _ = train_student(
-        cohort["samples_train"], cohort["samples_val"], cohort["vocab"], PARAMS, None, cohort["code_names"]
+        cohort["samples_train"],
+        cohort["samples_val"],
+        cohort["vocab"],
+        PARAMS,
+        None,
+        cohort["code_names"],
     )
     return cohort, bundle
 
@@ -52,7 +62,12 @@ def test_pyfunc_predict_ranks_codes_with_names(trained):
     cohort, bundle = trained
     model = LeaderStudentPyfunc(top_k=4)
     model.bundle = bundle
-    other = dict(NEW_PATIENT, diagnoses=[["486"], ["5849"]], procedures=[["966"], ["9604"]], medications=[["J01D"]])
+    other = dict(
+        NEW_PATIENT,
+        diagnoses=[["486"], ["5849"]],
+        procedures=[["966"], ["9604"]],
+        medications=[["J01D"]],
+    )
     other.pop("top_k")
     out = model.predict(None, pd.DataFrame([NEW_PATIENT, other]))
     assert list(out.columns) == ["row", "rank", "atc3", "name", "probability"]
@@ -114,7 +129,7 @@ def test_registered_model_loads_in_a_fresh_process_and_scores_a_new_patient(trai
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    rows = json.loads(line[len("RESULT"):])
+    rows = json.loads(line[len("RESULT") :])
     assert "BARE 4" in proc.stdout  # profile fields and top_k are optional in the signature
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert all(r["atc3"] in cohort["vocab"]["medication"] for r in rows)

@@ -25,12 +25,25 @@ from leader_kedro.student_training import (  # noqa: E402
     train_student,
 )
 
-SMALL = {"hidden_size": 16, "n_heads": 2, "intermediate_size": 32, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+SMALL = {
+    "hidden_size": 16,
+    "n_heads": 2,
+    "intermediate_size": 32,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+}
 PARAMS = {
     "model": SMALL,
     "kd": {"enabled": True, "alpha": 0.4},
     "align": {"enabled": True, "beta": 0.005, "tau": 0.1},
-    "training": {"lr": 0.002, "batch_size": 16, "max_epochs": 3, "patience": 2, "seed": 7, "progress": False},
+    "training": {
+        "lr": 0.002,
+        "batch_size": 16,
+        "max_epochs": 3,
+        "patience": 2,
+        "seed": 7,
+        "progress": False,
+    },
 }
 
 
@@ -92,7 +105,10 @@ def test_single_visit_patient_has_profile_only_med_stream(cohort):
     assert (batch["medications"] == 0).all()
     model = model_for(vocab).eval()
     out = model(batch)
-    assert torch.isfinite(out["logits"]).all() and out["logits"].shape == (1, len(vocab["medication"]))
+    assert torch.isfinite(out["logits"]).all() and out["logits"].shape == (
+        1,
+        len(vocab["medication"]),
+    )
     # the medication stream is the profile prompt: changing the profile changes the prediction
     other = dict(batch, profile=batch["profile"].clone())
     other["profile"][0, 0] = (other["profile"][0, 0] + 1) % len(vocab["profile"]["gender"])
@@ -123,7 +139,10 @@ def test_window_keeps_last_visits_including_current(cohort):
 def test_codes_beyond_max_codes_are_cut_and_counted(cohort):
     vocab = cohort["vocab"]
     sample = one_patient(2, vocab)
-    sample.at[0, "diagnoses"] = [list(vocab["diagnosis"]), list(vocab["diagnosis"]) + ["NOT_A_CODE"]]
+    sample.at[0, "diagnoses"] = [
+        list(vocab["diagnosis"]),
+        list(vocab["diagnosis"]) + ["NOT_A_CODE"],
+    ]
     enc = encode_samples(sample, vocab, max_codes=3)
     assert enc.report["codes_truncated"] == 2 * (len(vocab["diagnosis"]) - 3)
     assert enc.report["visits_codes_truncated"] == 2
@@ -195,7 +214,9 @@ def test_switches_change_the_loss_terms(cohort):
     no_profile = model_for(vocab, profile_enabled=False, align_enabled=False)
     assert not hasattr(no_profile, "profile_embeddings")
     with pytest.raises(ValueError, match="align_enabled needs profile_enabled"):
-        make_config(vocab, {"profile_enabled": False, "align_enabled": True, "teacher_hidden_size": 12})
+        make_config(
+            vocab, {"profile_enabled": False, "align_enabled": True, "teacher_hidden_size": 12}
+        )
 
 
 def test_training_is_deterministic_and_learns(cohort):
@@ -218,7 +239,9 @@ def test_training_is_deterministic_and_learns(cohort):
 def test_missing_train_features_name_the_artifact_and_command(cohort):
     train = cohort["samples_train"]
     feats = fake_features(train.iloc[1:])
-    with pytest.raises(StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"):
+    with pytest.raises(
+        StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"
+    ):
         train_student(train, cohort["samples_val"], cohort["vocab"], PARAMS, feats)
     with pytest.raises(ValueError, match="teacher_features"):
         train_student(train, cohort["samples_val"], cohort["vocab"], PARAMS, None)
@@ -240,20 +263,33 @@ def test_student_dataset_round_trip(cohort, tmp_path):
     from leader_kedro.datasets.student_dataset import StudentModelDataset
 
     vocab, test = cohort["vocab"], cohort["samples_test"]
-    params = {**PARAMS, "kd": {"enabled": False}, "training": {**PARAMS["training"], "max_epochs": 1}}
-    bundle, _ = train_student(cohort["samples_train"], cohort["samples_val"], vocab, params, None, cohort["code_names"])
+    params = {
+        **PARAMS,
+        "kd": {"enabled": False},
+        "training": {**PARAMS["training"], "max_epochs": 1},
+    }
+    bundle, _ = train_student(
+        cohort["samples_train"], cohort["samples_val"], vocab, params, None, cohort["code_names"]
+    )
     ds = StudentModelDataset(str(tmp_path / "student_model"), version=Version(None, None))
     assert not ds.exists()
     ds.save(bundle)
     assert ds.exists()
     saved = next((tmp_path / "student_model").iterdir()) / "student_model"
     assert {p.name for p in saved.iterdir()} == {
-        "student.safetensors", "student_config.json", "vocab.json", "code_names.json"
+        "student.safetensors",
+        "student_config.json",
+        "vocab.json",
+        "code_names.json",
     }
-    loaded = StudentModelDataset(str(tmp_path / "student_model"), version=Version(None, None)).load()
+    loaded = StudentModelDataset(
+        str(tmp_path / "student_model"), version=Version(None, None)
+    ).load()
     assert loaded.n_parameters == bundle.n_parameters
     assert not loaded.module.training
-    np.testing.assert_allclose(loaded.predict_proba(test), bundle.predict_proba(test), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_proba(test), bundle.predict_proba(test), rtol=0, atol=1e-6
+    )
     table = loaded.predictions_table(test)
     assert list(table.columns) == ["sample_id", *vocab["medication"]]
     assert table["sample_id"].tolist() == test["sample_id"].astype(str).tolist()

@@ -35,8 +35,16 @@ def base_params() -> dict:
 def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
     cohort = make_tiny_cohort(60, seed=1)
     train, test = cohort["samples_train"], cohort["samples_test"]
-    prompts = pd.DataFrame({"sample_id": train["sample_id"], "prompt": [f"patient {s}" for s in train["sample_id"]]})
-    card = {"backbone": "tiny", "fingerprint": "abc123", "max_length": 64, "pooling": "mean", "hidden_size": 12}
+    prompts = pd.DataFrame(
+        {"sample_id": train["sample_id"], "prompt": [f"patient {s}" for s in train["sample_id"]]}
+    )
+    card = {
+        "backbone": "tiny",
+        "fingerprint": "abc123",
+        "max_length": 64,
+        "pooling": "mean",
+        "hidden_size": 12,
+    }
     gen = torch.Generator().manual_seed(0)
     features = {
         "sample_ids": list(train["sample_id"]),
@@ -47,7 +55,10 @@ def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
     if stale:
         card = dict(card, fingerprint="retrained")
     rng = np.random.default_rng(0)
-    teacher = pd.DataFrame(rng.uniform(size=(len(test), len(cohort["vocab"]["medication"]))), columns=cohort["vocab"]["medication"])
+    teacher = pd.DataFrame(
+        rng.uniform(size=(len(test), len(cohort["vocab"]["medication"]))),
+        columns=cohort["vocab"]["medication"],
+    )
     teacher.insert(0, "sample_id", test["sample_id"].astype(str))
     params = tiny_params()
     params["ablations"] = ablations
@@ -98,7 +109,10 @@ def test_distill_pipeline_trains_all_variants_and_reports():
         for split in ("val", "test"):
             table = catalog.load(f"{name}_predictions_{split}")
             assert list(table.columns) == ["sample_id", *meds]
-            assert table["sample_id"].tolist() == inputs[f"samples_{split}"]["sample_id"].astype(str).tolist()
+            assert (
+                table["sample_id"].tolist()
+                == inputs[f"samples_{split}"]["sample_id"].astype(str).tolist()
+            )
             values = table[meds].to_numpy()
             assert ((values >= 0) & (values <= 1)).all()
     metrics = catalog.load("distill_metrics")
@@ -117,7 +131,10 @@ def test_distill_pipeline_trains_all_variants_and_reports():
     reg = catalog.load("student_registration")
     assert reg["registered"] is False and "MLflow run" in reg["reason"]
     bundle = catalog.load("student_model")
-    assert bundle.predict_proba(inputs["samples_test"]).shape == (len(inputs["samples_test"]), len(meds))
+    assert bundle.predict_proba(inputs["samples_test"]).shape == (
+        len(inputs["samples_test"]),
+        len(meds),
+    )
 
 
 def test_ablations_switch_skips_the_extra_students():
@@ -129,5 +146,7 @@ def test_ablations_switch_skips_the_extra_students():
 
 
 def test_stale_features_name_the_artifact_and_the_command():
-    with pytest.raises(StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"):
+    with pytest.raises(
+        StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"
+    ):
         run(make_inputs(stale=True))

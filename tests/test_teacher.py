@@ -40,15 +40,30 @@ def tiny_backbones(tmp_path_factory) -> dict[str, str]:
     tok = _minilm_tokenizer()
     torch.manual_seed(0)
     bert = BertModel(
-        BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=512)
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
     )
     bert.save_pretrained(root / "bert")
     tok.save_pretrained(root / "bert")
     llama = LlamaModel(
-        LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                    pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+        LlamaConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+        )
     )
     llama.save_pretrained(root / "llama")
     tok.eos_token = "[SEP]"
@@ -59,9 +74,13 @@ def tiny_backbones(tmp_path_factory) -> dict[str, str]:
 def _prompts(samples: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in samples.itertuples():
-        past = " | ".join(", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:])
+        past = " | ".join(
+            ", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:]
+        )
         cur = ", ".join(NAMES["diagnosis"][d] for d in r.diagnoses[-1])
-        rows.append({"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. should be prescribed:"})
+        rows.append(
+            {"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. should be prescribed:"}
+        )
     return pd.DataFrame(rows)
 
 
@@ -73,7 +92,11 @@ def cohort():
     return c
 
 
-TEXTS = ["short one", "a somewhat longer prompt about atrial fibrillation and heart failure", "mid length text"]
+TEXTS = [
+    "short one",
+    "a somewhat longer prompt about atrial fibrillation and heart failure",
+    "mid length text",
+]
 
 
 # --------------------------------------------------------------------------- pooling
@@ -121,7 +144,11 @@ def test_pooling_helpers_by_hand():
 
 # --------------------------------------------------------------------------- LoRA + head
 def _lora_targets(model) -> set[str]:
-    return {name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A." in name}
+    return {
+        name.split(".lora_A.")[0].rsplit(".", 1)[-1]
+        for name, _ in model.named_parameters()
+        if ".lora_A." in name
+    }
 
 
 def test_lora_default_targets_per_architecture_and_head(tiny_backbones):
@@ -137,11 +164,20 @@ def test_lora_default_targets_per_architecture_and_head(tiny_backbones):
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert "head.weight" in trainable
         assert all("lora_" in n or n == "head.weight" for n in trainable), "backbone stays frozen"
+    top, _, _ = T.build_teacher(tiny_backbones["bert"], meds, lora={"layers_to_transform": [1]})
+    lora_layers = {
+        n.split("encoder.layer.")[1].split(".")[0]
+        for n, _ in top.named_parameters()
+        if "lora_A" in n
+    }
+    assert lora_layers == {"1"}
 
 
 def test_lora_unknown_target_and_bad_backbone_raise(tiny_backbones, tmp_path):
     with pytest.raises(T.TeacherConfigError, match="not_a_layer"):
-        T.build_teacher(tiny_backbones["bert"], ["A"], lora={"target_modules": ["query", "not_a_layer"]})
+        T.build_teacher(
+            tiny_backbones["bert"], ["A"], lora={"target_modules": ["query", "not_a_layer"]}
+        )
     with pytest.raises(T.TeacherConfigError, match="placeholder"):
         T.resolve_backbone(T.BACKBONE_PLACEHOLDER)
     with pytest.raises(T.TeacherConfigError, match="does not exist"):
@@ -153,9 +189,19 @@ def test_lora_unknown_target_and_bad_backbone_raise(tiny_backbones, tmp_path):
 
 # --------------------------------------------------------------------------- persistence
 def _quick_params(backbone: str, tmp_path: Path, **over) -> dict:
-    return {"backbone": backbone, "num_epochs": 2, "per_device_batch_size": 8, "learning_rate": 5e-3,
-            "head_learning_rate": 2e-2, "max_length": 64, "checkpoint_dir": str(tmp_path / "ckpt"),
-            "disable_tqdm": True, "lora": {"r": 4, "alpha": 8}, "logging_steps": 1, **over}
+    return {
+        "backbone": backbone,
+        "num_epochs": 2,
+        "per_device_batch_size": 8,
+        "learning_rate": 5e-3,
+        "head_learning_rate": 2e-2,
+        "max_length": 64,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "disable_tqdm": True,
+        "lora": {"r": 4, "alpha": 8},
+        "logging_steps": 1,
+        **over,
+    }
 
 
 def test_teacher_dataset_round_trip_identical_probabilities(tiny_backbones, cohort, tmp_path):
@@ -164,16 +210,26 @@ def test_teacher_dataset_round_trip_identical_probabilities(tiny_backbones, coho
     from leader_kedro.datasets.teacher_dataset import TeacherModelDataset
 
     meds = cohort["vocab"]["medication"]
-    bundle, _ = TT.train_teacher(cohort["prompts_train"], cohort["samples_train"], cohort["prompts_val"],
-                                 cohort["samples_val"], meds, _quick_params(tiny_backbones["bert"], tmp_path,
-                                                                            num_epochs=1), seed=1)
+    bundle, _ = TT.train_teacher(
+        cohort["prompts_train"],
+        cohort["samples_train"],
+        cohort["prompts_val"],
+        cohort["samples_val"],
+        meds,
+        _quick_params(tiny_backbones["bert"], tmp_path, num_epochs=1),
+        seed=1,
+    )
     ds = TeacherModelDataset(str(tmp_path / "teacher_model"), version=Version(None, None))
     assert not ds.exists()
     ds.save(bundle)
     assert ds.exists()
     saved = next((tmp_path / "teacher_model").iterdir()) / "teacher_model"
-    assert {"adapter", "head.safetensors", "teacher_config.json", "tokenizer"} <= {p.name for p in saved.iterdir()}
-    loaded = TeacherModelDataset(str(tmp_path / "teacher_model"), version=Version(None, None)).load()
+    assert {"adapter", "head.safetensors", "teacher_config.json", "tokenizer"} <= {
+        p.name for p in saved.iterdir()
+    }
+    loaded = TeacherModelDataset(
+        str(tmp_path / "teacher_model"), version=Version(None, None)
+    ).load()
     texts = cohort["prompts_test"]["prompt"].tolist()
     h1, p1 = bundle.encode(texts, batch_size=4)
     h2, p2 = loaded.encode(texts, batch_size=4)
@@ -201,8 +257,16 @@ def test_training_lowers_loss_and_resumes_from_checkpoint(tiny_backbones, cohort
             return control
 
     meds = cohort["vocab"]["medication"]
-    data = (cohort["prompts_train"], cohort["samples_train"], cohort["prompts_val"], cohort["samples_val"], meds)
-    params = _quick_params(tiny_backbones["bert"], tmp_path, num_epochs=4, early_stopping_patience=10)
+    data = (
+        cohort["prompts_train"],
+        cohort["samples_train"],
+        cohort["prompts_val"],
+        cohort["samples_val"],
+        meds,
+    )
+    params = _quick_params(
+        tiny_backbones["bert"], tmp_path, num_epochs=4, early_stopping_patience=10
+    )
     first, h1 = TT.train_teacher(*data, params, seed=3, callbacks=[StopAfterFirstEpoch()])
     steps_per_epoch = int(np.ceil(len(cohort["prompts_train"]) / 8))
     assert h1["summary"]["global_step"] == steps_per_epoch and h1["summary"]["resumed_from"] is None
@@ -222,7 +286,9 @@ def test_training_lowers_loss_and_resumes_from_checkpoint(tiny_backbones, cohort
     # the real training lowers the BCE on the training prompts compared with the untrained model
     y = TT.multi_hot(cohort["samples_train"]["target"], meds)
     texts = cohort["prompts_train"]["prompt"].tolist()
-    fresh, tok, cfg = T.build_teacher(tiny_backbones["bert"], meds, lora={"r": 4, "alpha": 8}, max_length=64, seed=3)
+    fresh, tok, cfg = T.build_teacher(
+        tiny_backbones["bert"], meds, lora={"r": 4, "alpha": 8}, max_length=64, seed=3
+    )
     untrained = T.TeacherBundle(fresh, tok, cfg)
 
     def bce(p):
@@ -235,8 +301,13 @@ def test_training_lowers_loss_and_resumes_from_checkpoint(tiny_backbones, cohort
 def test_causal_teacher_trains_through_trainer(tiny_backbones, cohort, tmp_path):
     meds = cohort["vocab"]["medication"]
     bundle, hist = TT.train_teacher(
-        cohort["prompts_train"], cohort["samples_train"], cohort["prompts_val"], cohort["samples_val"], meds,
-        _quick_params(tiny_backbones["llama"], tmp_path, num_epochs=1, pooling="auto"), seed=0,
+        cohort["prompts_train"],
+        cohort["samples_train"],
+        cohort["prompts_val"],
+        cohort["samples_val"],
+        meds,
+        _quick_params(tiny_backbones["llama"], tmp_path, num_epochs=1, pooling="auto"),
+        seed=0,
     )
     assert bundle.config["pooling"] == "last" and bundle.config["kind"] == "causal"
     assert hist["summary"]["global_step"] > 0 and np.isfinite(hist["summary"]["train_loss"])
@@ -248,8 +319,15 @@ def test_mismatched_prompts_and_samples_are_rejected(tiny_backbones, cohort, tmp
     meds = cohort["vocab"]["medication"]
     shuffled = cohort["prompts_train"].iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="prompts_train and samples_train disagree"):
-        TT.train_teacher(shuffled, cohort["samples_train"], cohort["prompts_val"], cohort["samples_val"], meds,
-                         _quick_params(tiny_backbones["bert"], tmp_path), seed=0)
+        TT.train_teacher(
+            shuffled,
+            cohort["samples_train"],
+            cohort["prompts_val"],
+            cohort["samples_val"],
+            meds,
+            _quick_params(tiny_backbones["bert"], tmp_path),
+            seed=0,
+        )
     with pytest.raises(ValueError, match="not in vocab"):
         TT.multi_hot([["ZZZZ"]], meds, "samples_train")
 
@@ -266,8 +344,11 @@ def test_teacher_pipeline_runs_on_a_catalog(tiny_backbones, cohort, tmp_path):
     params = _quick_params(tiny_backbones["bert"], tmp_path, num_epochs=1)
     catalog = DataCatalog(
         {
-            **{name: MemoryDataset(cohort[name], copy_mode="assign")
-               for s in ("train", "val", "test") for name in (f"prompts_{s}", f"samples_{s}")},
+            **{
+                name: MemoryDataset(cohort[name], copy_mode="assign")
+                for s in ("train", "val", "test")
+                for name in (f"prompts_{s}", f"samples_{s}")
+            },
             "vocab": MemoryDataset(cohort["vocab"]),
             "params:teacher": MemoryDataset(params),
             "params:seed": MemoryDataset(7),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -50,11 +51,19 @@ def _ingest_child(argv: list[str]) -> int:
         (out_dir / f"{name}.json").write_text(json.dumps(out[name], indent=1, default=str))
     t_total = time.perf_counter() - t1
     c = out["report"]["cohort"]
-    print(json.dumps({
-        "import_s": round(t_import, 2), "core_s": round(t_core, 2), "core_and_write_s": round(t_total, 2),
-        "patients": c["patients"], "visits": c["visits"], "n_medications": c["n_medications"],
-        "rows_read": out["report"]["rows_read"],
-    }))
+    print(
+        json.dumps(
+            {
+                "import_s": round(t_import, 2),
+                "core_s": round(t_core, 2),
+                "core_and_write_s": round(t_total, 2),
+                "patients": c["patients"],
+                "visits": c["visits"],
+                "n_medications": c["n_medications"],
+                "rows_read": out["report"]["rows_read"],
+            }
+        )
+    )
     return 0
 
 
@@ -62,7 +71,9 @@ def bench_ingest(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m leader_kedro.bench ingest")
     ap.add_argument("--patients", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--workdir", default=None, help="where the cohort is written (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", default=None, help="where the cohort is written (default: a temp dir)"
+    )
     args = ap.parse_args(argv)
     from leader_kedro import synthetic
 
@@ -73,21 +84,35 @@ def bench_ingest(argv: list[str]) -> int:
         synthetic.write_cohort(raw, aux, args.patients, args.seed)
         t_gen = time.perf_counter() - t0
         print(f"generate: {args.patients} synthetic patients written in {t_gen:.1f} s", flush=True)
+        load0 = os.getloadavg()[0]  # wall time is only meaningful on an otherwise idle machine
         t1 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "leader_kedro.bench", "_ingest_child", str(raw), str(aux), str(out), str(args.seed)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "leader_kedro.bench",
+                "_ingest_child",
+                str(raw),
+                str(aux),
+                str(out),
+                str(args.seed),
+            ],
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - t1
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
         child = json.loads(proc.stdout.strip().splitlines()[-1])
-        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB -> GiB
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_gib = usage.ru_maxrss / 1024**2  # KiB -> GiB
+        cpu = usage.ru_utime + usage.ru_stime
         print(
             f"ingest: {child['patients']} patients, {child['visits']} visits, {child['n_medications']} meds; "
             f"wall {wall:.1f} s (process incl. imports; ingest core {child['core_s']:.1f} s, "
-            f"core + writing outputs {child['core_and_write_s']:.1f} s); peak RSS {peak_gib:.2f} GiB"
+            f"core + writing outputs {child['core_and_write_s']:.1f} s); CPU time {cpu:.1f} s; "
+            f"peak RSS {peak_gib:.2f} GiB; load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}"
         )
         print(f"rows read: {child['rows_read']}")
         ok = wall < 60 and peak_gib < 4

@@ -16,7 +16,14 @@ import pandas as pd
 from leader_kedro.mimic import IngestInputError
 
 CODE_TYPES = ("diagnoses", "procedures", "medications")
-PROFILE_FIELDS = ("gender", "insurance", "language", "marital_status", "ethnicity", "admission_type")
+PROFILE_FIELDS = (
+    "gender",
+    "insurance",
+    "language",
+    "marital_status",
+    "ethnicity",
+    "admission_type",
+)
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[MASK]"]
 TOKEN_PREFIX = {"medication": "M_", "diagnosis": "D_", "procedure": "P_"}
 
@@ -54,7 +61,9 @@ class IngestParams:
 
     def validate(self) -> None:
         def bad(name, value, expected):
-            raise IngestInputError(f"Invalid parameter `ingest.{name}`: {value!r}; expected {expected}.")
+            raise IngestInputError(
+                f"Invalid parameter `ingest.{name}`: {value!r}; expected {expected}."
+            )
 
         if self.visit_order not in ("admittime", "hadm_id"):
             bad("visit_order", self.visit_order, "admittime or hadm_id")
@@ -68,9 +77,17 @@ class IngestParams:
             bad("min_visits", self.min_visits, "an integer >= 1 (1 keeps single-visit patients)")
         unknown = set(self.required_code_types) - set(CODE_TYPES)
         if unknown or "medications" not in self.required_code_types:
-            bad("required_code_types", self.required_code_types, f"a subset of {list(CODE_TYPES)} that contains 'medications' (the labels)")
+            bad(
+                "required_code_types",
+                self.required_code_types,
+                f"a subset of {list(CODE_TYPES)} that contains 'medications' (the labels)",
+            )
         if not self.mapping_routes or set(self.mapping_routes) - {"rxnorm", "direct"}:
-            bad("mapping_routes", self.mapping_routes, "a non-empty list of 'rxnorm' and/or 'direct'")
+            bad(
+                "mapping_routes",
+                self.mapping_routes,
+                "a non-empty list of 'rxnorm' and/or 'direct'",
+            )
         if not 0 < float(self.patient_fraction) <= 1:
             bad("patient_fraction", self.patient_fraction, "a number in (0, 1]")
         if self.icd_title not in ("short", "long"):
@@ -78,14 +95,23 @@ class IngestParams:
         if list(self.age_bins) != sorted(self.age_bins):
             bad("age_bins", self.age_bins, "increasing bin edges")
         if self.smiles_filter:
-            bad("smiles_filter", True, "false: the SafeDrug SMILES filter needs DrugBank's drugbank_drugs_info.csv, which is not available")
+            bad(
+                "smiles_filter",
+                True,
+                "false: the SafeDrug SMILES filter needs DrugBank's drugbank_drugs_info.csv, which is not available",
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # Medications: NDC -> ATC3
 # --------------------------------------------------------------------------------------------
-def ndc_to_atc3_table(ndcs: pd.Series, routes: list[str], ndc2rxnorm: pd.DataFrame | None,
-                      rxcui2atc4: pd.DataFrame | None, ndc2atc3: pd.DataFrame | None) -> pd.DataFrame:
+def ndc_to_atc3_table(
+    ndcs: pd.Series,
+    routes: list[str],
+    ndc2rxnorm: pd.DataFrame | None,
+    rxcui2atc4: pd.DataFrame | None,
+    ndc2atc3: pd.DataFrame | None,
+) -> pd.DataFrame:
     """Map distinct NDCs to ATC3 through the routes in priority order; columns ndc, atc3, route."""
     todo = pd.DataFrame({"ndc": pd.Series(ndcs.dropna().unique(), dtype="string")})
     done = []
@@ -101,11 +127,19 @@ def ndc_to_atc3_table(ndcs: pd.Series, routes: list[str], ndc2rxnorm: pd.DataFra
         done.append(m)
         todo = todo[~todo["ndc"].isin(m["ndc"])]
     if not done:
-        return pd.DataFrame({"ndc": pd.Series(dtype="string"), "atc3": pd.Series(dtype="string"), "route": pd.Series(dtype="string")})
+        return pd.DataFrame(
+            {
+                "ndc": pd.Series(dtype="string"),
+                "atc3": pd.Series(dtype="string"),
+                "route": pd.Series(dtype="string"),
+            }
+        )
     return pd.concat(done, ignore_index=True)
 
 
-def map_medications(prescriptions: pd.DataFrame, aux: dict, p: IngestParams, source_file: str = "PRESCRIPTIONS") -> tuple[pd.DataFrame, dict, dict]:
+def map_medications(
+    prescriptions: pd.DataFrame, aux: dict, p: IngestParams, source_file: str = "PRESCRIPTIONS"
+) -> tuple[pd.DataFrame, dict, dict]:
     """Prescription rows -> (subject_id, hadm_id, atc3) rows; returns (rows, row drops, mapping stats)."""
     rx = prescriptions
     drops: dict[str, int] = {}
@@ -116,7 +150,13 @@ def map_medications(prescriptions: pd.DataFrame, aux: dict, p: IngestParams, sou
     missing = ndc.isna() | (ndc == "") | ((ndc.str.strip("0") == "") if p.drop_ndc_zero else False)
     drops["ndc_missing_or_zero"] = int(missing.sum())
     rx = rx.assign(ndc=ndc)[~missing]
-    table = ndc_to_atc3_table(rx["ndc"], p.mapping_routes, aux.get("ndc2rxnorm"), aux.get("rxcui2atc4"), aux.get("ndc2atc3"))
+    table = ndc_to_atc3_table(
+        rx["ndc"],
+        p.mapping_routes,
+        aux.get("ndc2rxnorm"),
+        aux.get("rxcui2atc4"),
+        aux.get("ndc2atc3"),
+    )
     mapped = rx.merge(table, on="ndc", how="left")
     unmapped = mapped["atc3"].isna()
     drops["ndc_unmapped"] = int(unmapped.sum())
@@ -156,7 +196,11 @@ def top_k_codes(rows: pd.DataFrame, k: int | None, count: str) -> tuple[pd.Index
         freq = rows.drop_duplicates(["hadm_id", "code"])["code"].value_counts()
     else:
         freq = rows["code"].value_counts()
-    freq = freq.rename_axis("code").reset_index(name="n").sort_values(["n", "code"], ascending=[False, True], kind="stable")
+    freq = (
+        freq.rename_axis("code")
+        .reset_index(name="n")
+        .sort_values(["n", "code"], ascending=[False, True], kind="stable")
+    )
     keep = pd.Index(freq["code"] if k is None else freq["code"].iloc[:k])
     return keep, rows[rows["code"].isin(keep)]
 
@@ -205,7 +249,9 @@ def admission_age(adm: pd.DataFrame, patients: pd.DataFrame, cap: float) -> tupl
     return age.clip(upper=cap).astype("float64"), int(capped.sum())
 
 
-def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) -> tuple[pd.DataFrame, dict]:
+def build_visits(
+    tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams
+) -> tuple[pd.DataFrame, dict]:
     """Standard raw tables (mimic.read_raw_tables) + aux mappings -> the ``visits`` table and stats."""
     row_drops: dict[str, int] = {}
     adm = tables["admissions"]
@@ -215,7 +261,10 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
     dup = adm["hadm_id"].duplicated()
     row_drops["ADMISSIONS:duplicate_hadm_id"] = int(dup.sum())
     adm = adm[~dup].copy()
-    adm["subject_id"], adm["hadm_id"] = adm["subject_id"].astype("int64"), adm["hadm_id"].astype("int64")
+    adm["subject_id"], adm["hadm_id"] = (
+        adm["subject_id"].astype("int64"),
+        adm["hadm_id"].astype("int64"),
+    )
 
     dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
     px = _code_rows(tables["procedures"], row_drops, "PROCEDURES_ICD")
@@ -229,7 +278,11 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
     mapped_meds = set(meds["hadm_id"].unique())
 
     kept_rows, vocab_sizes = {}, {}
-    for name, rows, k in (("diagnoses", dx, p.top_k_diagnoses), ("procedures", px, p.top_k_procedures), ("medications", meds, p.top_k_medications)):
+    for name, rows, k in (
+        ("diagnoses", dx, p.top_k_diagnoses),
+        ("procedures", px, p.top_k_procedures),
+        ("medications", meds, p.top_k_medications),
+    ):
         keep, kept = top_k_codes(rows, k, p.topk_count)
         row_drops[f"{name}:code_outside_top_k"] = int(len(rows) - len(kept))
         orphan = ~kept["hadm_id"].isin(adm["hadm_id"])
@@ -246,7 +299,11 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
         has_rec = idx.isin(list(recorded[name]))
         if name == "medications":
             has_map = idx.isin(list(mapped_meds))
-            why = np.where(~has_rec, "no_medications_recorded", np.where(~has_map, "no_medication_mapped_to_atc3", "no_medication_in_top_k"))
+            why = np.where(
+                ~has_rec,
+                "no_medications_recorded",
+                np.where(~has_map, "no_medication_mapped_to_atc3", "no_medication_in_top_k"),
+            )
         else:
             why = np.where(~has_rec, f"no_{name}_recorded", f"no_{name}_in_top_k")
         reason = reason.mask(reason.isna() & ~has_kept, pd.Series(why, index=idx, dtype="string"))
@@ -258,20 +315,28 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
         visits[name] = visits["hadm_id"].map(lists[name])
         empty = visits[name].isna()
         if empty.any():
-            visits.loc[empty, name] = pd.Series([[] for _ in range(int(empty.sum()))], index=visits.index[empty], dtype=object)
+            visits.loc[empty, name] = pd.Series(
+                [[] for _ in range(int(empty.sum()))], index=visits.index[empty], dtype=object
+            )
 
     patient_drops: dict[str, int] = {}
     n_before = visits["subject_id"].nunique()
     if p.patient_fraction < 1:
         subjects = np.sort(visits["subject_id"].unique())
         rng = np.random.default_rng(p.seed)
-        chosen = rng.choice(subjects, size=max(1, int(round(p.patient_fraction * len(subjects)))), replace=False)
+        chosen = rng.choice(
+            subjects, size=max(1, int(round(p.patient_fraction * len(subjects)))), replace=False
+        )
         out = ~visits["subject_id"].isin(chosen)
         patient_drops["not_sampled_patient_fraction"] = int(visits.loc[out, "subject_id"].nunique())
         visit_drops["not_sampled_patient_fraction"] = int(out.sum())
         visits = visits[~out]
 
-    order = ["subject_id", "admittime", "hadm_id"] if p.visit_order == "admittime" else ["subject_id", "hadm_id"]
+    order = (
+        ["subject_id", "admittime", "hadm_id"]
+        if p.visit_order == "admittime"
+        else ["subject_id", "hadm_id"]
+    )
     visits = visits.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
     visits["visit_index"] = visits.groupby("subject_id").cumcount().astype("int64")
     n_visits = visits.groupby("subject_id")["hadm_id"].transform("size")
@@ -280,7 +345,9 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
     visit_drops["patient_below_min_visits"] = int(low.sum())
     visits = visits[~low].reset_index(drop=True)
 
-    patients_lost = int(tables["admissions"]["subject_id"].nunique() - visits["subject_id"].nunique())
+    patients_lost = int(
+        tables["admissions"]["subject_id"].nunique() - visits["subject_id"].nunique()
+    )
     if visits.empty:
         raise IngestInputError(
             "Cohort emptied by the filters: no visit is left (visits dropped by reason: "
@@ -294,7 +361,16 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
     visits["age"] = age.to_numpy()
     for col in PROFILE_FIELDS:
         visits[col] = visits[col].astype("string").fillna("unknown").astype(str)
-    cols = ["subject_id", "hadm_id", "admittime", "visit_index", *CODE_TYPES, "gender", "age", *PROFILE_FIELDS[1:]]
+    cols = [
+        "subject_id",
+        "hadm_id",
+        "admittime",
+        "visit_index",
+        *CODE_TYPES,
+        "gender",
+        "age",
+        *PROFILE_FIELDS[1:],
+    ]
     visits = visits[cols]
     visits["admittime"] = visits["admittime"].astype("datetime64[us]")
     stats = {
@@ -303,8 +379,12 @@ def build_visits(tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams) ->
         "visits_dropped": visit_drops,
         "patients_dropped": {**patient_drops, "all_visits_dropped_total": patients_lost},
         "top_k_vocab_sizes": vocab_sizes,
-        "age": {"cap": p.age_cap, "n_capped": n_capped, "n_unknown": int(visits["age"].isna().sum()),
-                "note": f"MIMIC shifts ages above 89 to ~300 years; ages are capped at {p.age_cap}"},
+        "age": {
+            "cap": p.age_cap,
+            "n_capped": n_capped,
+            "n_unknown": int(visits["age"].isna().sum()),
+            "note": f"MIMIC shifts ages above 89 to ~300 years; ages are capped at {p.age_cap}",
+        },
         "visits_before_patient_filters": int(len(adm)),
         "patients_before_patient_filters": int(n_before),
     }
@@ -320,16 +400,33 @@ def _unique_sorted(col: pd.Series) -> list[str]:
 
 def build_vocab(visits: pd.DataFrame, age_bins: list[float]) -> dict:
     dx, px, meds = (_unique_sorted(visits[c]) for c in CODE_TYPES)
-    tokens = SPECIAL_TOKENS + [f"M_{m}" for m in meds] + [f"D_{d}" for d in dx] + [f"P_{c}" for c in px]
-    profile = {f: ["unknown"] + sorted(set(visits[f].astype(str)) - {"unknown"}) for f in PROFILE_FIELDS}
-    return {"medication": meds, "diagnosis": dx, "procedure": px, "tokens": tokens, "profile": profile, "age_bins": [float(b) for b in age_bins]}
+    tokens = (
+        SPECIAL_TOKENS + [f"M_{m}" for m in meds] + [f"D_{d}" for d in dx] + [f"P_{c}" for c in px]
+    )
+    profile = {
+        f: ["unknown"] + sorted(set(visits[f].astype(str)) - {"unknown"}) for f in PROFILE_FIELDS
+    }
+    return {
+        "medication": meds,
+        "diagnosis": dx,
+        "procedure": px,
+        "tokens": tokens,
+        "profile": profile,
+        "age_bins": [float(b) for b in age_bins],
+    }
 
 
-def build_code_names(vocab: dict, tables: dict[str, pd.DataFrame], atc_names: dict[str, str], icd_title: str) -> tuple[dict, dict]:
+def build_code_names(
+    vocab: dict, tables: dict[str, pd.DataFrame], atc_names: dict[str, str], icd_title: str
+) -> tuple[dict, dict]:
     names, missing = {}, {}
     for kind, table in (("diagnosis", "d_diagnoses"), ("procedure", "d_procedures")):
         d = tables[table]
-        col = "short_title" if icd_title == "short" and "short_title" in d.columns else ("long_title" if "long_title" in d.columns else "title")
+        col = (
+            "short_title"
+            if icd_title == "short" and "short_title" in d.columns
+            else ("long_title" if "long_title" in d.columns else "title")
+        )
         d = d.dropna(subset=["code", col]).drop_duplicates("code")
         lookup = dict(zip(d["code"], d[col], strict=True))
         names[kind] = {c: lookup[c] for c in vocab[kind] if c in lookup}
@@ -354,25 +451,26 @@ def build_ddi_adjacency(medications: list[str], pairs: pd.DataFrame | None) -> p
     return pd.DataFrame(adj, index=pd.Index(medications, name="atc3"), columns=medications)
 
 
-def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.ndarray, chunk: int = 20000) -> float:
+def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.ndarray) -> float:
     """Pooled DDI rate of the ground-truth medication sets (interacting pairs / all pairs)."""
+    from scipy import sparse
+
     lengths = medications.map(len).to_numpy()
     if lengths.sum() == 0:
         return 0.0
     rows = np.repeat(np.arange(len(medications)), lengths)
-    cols = pd.Index(vocab_meds).get_indexer(list(chain.from_iterable(medications)))
+    flat = pd.Categorical(list(chain.from_iterable(medications)), categories=vocab_meds)
+    cols = np.asarray(flat.codes)
     ok = cols >= 0
-    rows, cols = rows[ok], cols[ok]
-    upper = np.triu(np.maximum(adj, adj.T), k=1).astype(np.float32)
-    n_rows = rows.max() + 1 if len(rows) else 0
-    inter = total = 0.0
-    for start in range(0, n_rows, chunk):
-        sel = (rows >= start) & (rows < start + chunk)
-        y = np.zeros((min(chunk, n_rows - start), len(vocab_meds)), dtype=np.float32)
-        y[rows[sel] - start, cols[sel]] = 1.0
-        inter += float(((y @ upper) * y).sum())
-        k = y.sum(1)
-        total += float((k * (k - 1) / 2).sum())
+    y = sparse.csr_matrix(
+        (np.ones(int(ok.sum()), dtype=np.float64), (rows[ok], cols[ok])),
+        shape=(len(medications), len(vocab_meds)),
+    )
+    y.data[:] = 1.0  # duplicates (if any) count once
+    upper = sparse.csr_matrix(np.triu(np.maximum(adj, adj.T), k=1).astype(np.float64))
+    inter = float((y @ upper).multiply(y).sum())
+    k = np.asarray(y.sum(1)).ravel()
+    total = float((k * (k - 1) / 2).sum())
     return round(inter / total, 6) if total else 0.0
 
 
@@ -392,5 +490,7 @@ def cohort_stats(visits: pd.DataFrame, vocab: dict, ddi: pd.DataFrame) -> dict:
         "mean_procedures_per_visit": round(float(visits["procedures"].map(len).mean()), 4),
         "mean_medications_per_visit": round(float(visits["medications"].map(len).mean()), 4),
         "ddi_pairs_in_vocab": int(np.triu(ddi.to_numpy(), k=1).sum()),
-        "ddi_rate_ground_truth": ddi_rate_of_visits(visits["medications"], vocab["medication"], ddi.to_numpy()),
+        "ddi_rate_ground_truth": ddi_rate_of_visits(
+            visits["medications"], vocab["medication"], ddi.to_numpy()
+        ),
     }

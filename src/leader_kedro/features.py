@@ -241,6 +241,9 @@ def extract_features(
         "batch_size": int(batch_size),
         "extraction_seconds": round(seconds, 3),
         "float16_max_abs_error": abs_err,
+        "padding_share": padding_waste(prompts["n_tokens"], batch_size)
+        if "n_tokens" in prompts.columns
+        else None,
         "skipped": False,
     }
     logger.info(
@@ -299,6 +302,22 @@ def skipped_features(
         "fingerprint": "skipped",
         "metadata": meta,
     }
+
+
+def padding_waste(n_tokens: Sequence[int] | np.ndarray, batch_size: int) -> dict[str, float]:
+    """Share of padding tokens when batching in prompt order vs sorted by length."""
+    lengths = np.asarray(n_tokens, dtype=np.int64)
+    if lengths.size == 0 or batch_size < 1:
+        return {"input_order": 0.0, "length_sorted": 0.0}
+
+    def waste(arr: np.ndarray) -> float:
+        padded = sum(
+            int(arr[i : i + batch_size].max()) * len(arr[i : i + batch_size])
+            for i in range(0, len(arr), batch_size)
+        )
+        return round(1.0 - float(arr.sum()) / padded, 4) if padded else 0.0
+
+    return {"input_order": waste(lengths), "length_sorted": waste(np.sort(lengths))}
 
 
 def storage_report(features: Mapping[str, Any], json_rows: int = 64) -> dict[str, Any]:

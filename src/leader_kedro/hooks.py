@@ -48,7 +48,7 @@ def _producing_stages(registered) -> dict[str, str]:
     producers: dict[str, str] = {}
     for stage in STAGES:
         if stage in registered:
-            for output in registered[stage].outputs():
+            for output in registered[stage].all_outputs():
                 producers.setdefault(output, stage)
     return producers
 

@@ -32,6 +32,27 @@ DEFAULT_AUX_FILES = {
     "drug_atc": "drug-atc.csv",
 }
 DDI_SOURCES = ("atc3_pairs", "twosides", "none")
+# ingest keys read here rather than by cohort.IngestParams, with their defaults
+OTHER_DEFAULTS = {
+    "atc4_choice": "first_sorted",
+    "ddi_source": "atc3_pairs",
+    "ddi_twosides_topk": 40,
+    "sample_protocol": "last_visit",
+    "eval_sample_protocol": "last_visit",
+    "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": None},
+}
+
+
+def effective_params(ingest: dict, seed: int) -> dict:
+    """The ingest parameters actually used: the given ones over every default (for the report)."""
+    from dataclasses import asdict
+
+    out = {**asdict(IngestParams.from_dict(ingest, seed=seed)), **OTHER_DEFAULTS, **ingest}
+    out["aux_files"] = aux_file_names(ingest)
+    out["split"] = {**OTHER_DEFAULTS["split"], **(ingest.get("split") or {})}
+    if out["split"]["seed"] is None:
+        out["split"]["seed"] = seed
+    return out
 
 
 def aux_file_names(ingest: dict) -> dict:
@@ -44,13 +65,17 @@ def needed_aux(ingest: dict) -> dict[str, str]:
     routes = ingest.get("mapping_routes", ["rxnorm", "direct"])
     ddi = ingest.get("ddi_source", "atc3_pairs")
     if ddi not in DDI_SOURCES:
-        raise IngestInputError(f"Invalid parameter `ingest.ddi_source`: {ddi!r}; expected one of {DDI_SOURCES}.")
+        raise IngestInputError(
+            f"Invalid parameter `ingest.ddi_source`: {ddi!r}; expected one of {DDI_SOURCES}."
+        )
     keys = ["atc_names"]
     if "rxnorm" in routes:
         keys += ["ndc2rxnorm", "rxcui2atc4"]
     if "direct" in routes and names.get("ndc2atc3"):
         keys.append("ndc2atc3")
-    keys += {"atc3_pairs": ["ddi_pairs_atc3"], "twosides": ["twosides", "drug_atc"], "none": []}[ddi]
+    keys += {"atc3_pairs": ["ddi_pairs_atc3"], "twosides": ["twosides", "drug_atc"], "none": []}[
+        ddi
+    ]
     out = {}
     for key in keys:
         if not names.get(key):
@@ -67,7 +92,13 @@ def locate_inputs(source: str, raw_dir: str, aux_dir: str, ingest: dict) -> dict
     mimic.check_source(source)
     tables = mimic.locate_tables(raw_dir, source)
     aux = {k: str(mimic.find_aux(aux_dir, name, k)) for k, name in needed_aux(ingest).items()}
-    return {"source": source, "raw_dir": str(raw_dir), "aux_dir": str(aux_dir), "tables": tables, "aux_files": aux}
+    return {
+        "source": source,
+        "raw_dir": str(raw_dir),
+        "aux_dir": str(aux_dir),
+        "tables": tables,
+        "aux_files": aux,
+    }
 
 
 def load_aux(aux_paths: dict[str, str], ingest: dict) -> tuple[dict, dict]:
@@ -77,7 +108,9 @@ def load_aux(aux_paths: dict[str, str], ingest: dict) -> tuple[dict, dict]:
         aux["ndc2rxnorm"] = mimic.read_ndc2rxnorm(aux_paths["ndc2rxnorm"])
         stats["ndc2rxnorm_entries"] = int(len(aux["ndc2rxnorm"]))
     if "rxcui2atc4" in aux_paths:
-        aux["rxcui2atc4"], s = mimic.read_rxcui2atc4(aux_paths["rxcui2atc4"], ingest.get("atc4_choice", "first_sorted"))
+        aux["rxcui2atc4"], s = mimic.read_rxcui2atc4(
+            aux_paths["rxcui2atc4"], ingest.get("atc4_choice", "first_sorted")
+        )
         stats.update(s)
     if "ndc2atc3" in aux_paths:
         aux["ndc2atc3"], s = mimic.read_ndc2atc3(aux_paths["ndc2atc3"])
@@ -111,8 +144,12 @@ def build_cohort(manifest: dict, ingest: dict, seed: int) -> dict:
     ddi = build_ddi_adjacency(vocab["medication"], aux["ddi_pairs"])
     stats["mapping"]["aux"] = aux_stats
     stats["mapping"]["codes_without_name"] = missing_names
-    stats["mapping"]["diagnosis_codes_with_name"] = _cover(vocab["diagnosis"], missing_names["diagnosis"])
-    stats["mapping"]["procedure_codes_with_name"] = _cover(vocab["procedure"], missing_names["procedure"])
+    stats["mapping"]["diagnosis_codes_with_name"] = _cover(
+        vocab["diagnosis"], missing_names["diagnosis"]
+    )
+    stats["mapping"]["procedure_codes_with_name"] = _cover(
+        vocab["procedure"], missing_names["procedure"]
+    )
     report = {
         "source": manifest["source"],
         "rows_read": rows_read,
@@ -124,7 +161,13 @@ def build_cohort(manifest: dict, ingest: dict, seed: int) -> dict:
         },
         "cohort": {**cohort_stats(visits, vocab, ddi), **stats},
     }
-    return {"visits": visits, "vocab": vocab, "code_names": code_names, "ddi_adjacency": ddi, "report": report}
+    return {
+        "visits": visits,
+        "vocab": vocab,
+        "code_names": code_names,
+        "ddi_adjacency": ddi,
+        "report": report,
+    }
 
 
 def _cover(codes: list, n_missing: int) -> float:
@@ -151,10 +194,16 @@ def make_splits(visits: pd.DataFrame, ingest: dict, seed: int) -> dict:
     }
 
 
-def run_ingest(source: str, raw_dir: str | Path, aux_dir: str | Path, ingest: dict, seed: int) -> dict:
+def run_ingest(
+    source: str, raw_dir: str | Path, aux_dir: str | Path, ingest: dict, seed: int
+) -> dict:
     """Everything in one call (benchmark, notebooks): returns the outputs and the full report."""
     manifest = locate_inputs(source, str(raw_dir), str(aux_dir), ingest)
     cohort = build_cohort(manifest, ingest, seed)
     splits = make_splits(cohort["visits"], ingest, seed)
-    report = {**cohort["report"], "samples": splits["report"], "parameters": {"ingest": ingest, "seed": seed}}
+    report = {
+        **cohort["report"],
+        "samples": splits["report"],
+        "parameters": {"ingest": effective_params(ingest, seed), "seed": seed},
+    }
     return {**cohort, **splits, "report": report, "manifest": manifest}

@@ -42,13 +42,25 @@ MIMIC3_TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "patients": ("PATIENTS", {"subject_id": "id", "gender": "str", "dob": "date"}),
     "admissions": (
         "ADMISSIONS",
-        {"subject_id": "id", "hadm_id": "id", "admittime": "date", **_PROFILE_COLS, "ethnicity": "str"},
+        {
+            "subject_id": "id",
+            "hadm_id": "id",
+            "admittime": "date",
+            **_PROFILE_COLS,
+            "ethnicity": "str",
+        },
     ),
     "diagnoses": ("DIAGNOSES_ICD", {"subject_id": "id", "hadm_id": "id", "icd9_code": "code"}),
     "procedures": ("PROCEDURES_ICD", {"subject_id": "id", "hadm_id": "id", "icd9_code": "code"}),
     "prescriptions": ("PRESCRIPTIONS", {"subject_id": "id", "hadm_id": "id", "ndc": "code"}),
-    "d_diagnoses": ("D_ICD_DIAGNOSES", {"icd9_code": "code", "short_title": "str", "long_title": "str"}),
-    "d_procedures": ("D_ICD_PROCEDURES", {"icd9_code": "code", "short_title": "str", "long_title": "str"}),
+    "d_diagnoses": (
+        "D_ICD_DIAGNOSES",
+        {"icd9_code": "code", "short_title": "str", "long_title": "str"},
+    ),
+    "d_procedures": (
+        "D_ICD_PROCEDURES",
+        {"icd9_code": "code", "short_title": "str", "long_title": "str"},
+    ),
 }
 MIMIC4_TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "patients": (
@@ -68,8 +80,14 @@ MIMIC4_TABLES: dict[str, tuple[str, dict[str, str]]] = {
         {"subject_id": "id", "hadm_id": "id", "icd_code": "code", "icd_version": "code"},
     ),
     "prescriptions": ("prescriptions", {"subject_id": "id", "hadm_id": "id", "ndc": "code"}),
-    "d_diagnoses": ("d_icd_diagnoses", {"icd_code": "code", "icd_version": "code", "long_title": "str"}),
-    "d_procedures": ("d_icd_procedures", {"icd_code": "code", "icd_version": "code", "long_title": "str"}),
+    "d_diagnoses": (
+        "d_icd_diagnoses",
+        {"icd_code": "code", "icd_version": "code", "long_title": "str"},
+    ),
+    "d_procedures": (
+        "d_icd_procedures",
+        {"icd_code": "code", "icd_version": "code", "long_title": "str"},
+    ),
 }
 
 
@@ -142,7 +160,9 @@ def read_table(path: str | Path, columns: dict[str, str]) -> pd.DataFrame:
     df.columns = [str(c).strip().lower() for c in df.columns]
     df = df[list(columns)]
     if df.empty:
-        raise IngestInputError(f"Empty table: {path} has a header but no rows; expected at least one row.")
+        raise IngestInputError(
+            f"Empty table: {path} has a header but no rows; expected at least one row."
+        )
     for col, kind in columns.items():
         df[col] = _coerce(df[col], kind, path, col)
     return df
@@ -208,7 +228,9 @@ def _versioned(df: pd.DataFrame) -> pd.DataFrame:
     version = df["icd_version"].str.replace(r"\.0$", "", regex=True)
     code = df["icd_code"].str.replace(".", "", regex=False)
     out = df.drop(columns=["icd_code", "icd_version"])
-    out.insert(len(out.columns) - (1 if "long_title" in out.columns else 0), "code", version + "_" + code)
+    out.insert(
+        len(out.columns) - (1 if "long_title" in out.columns else 0), "code", version + "_" + code
+    )
     return out
 
 
@@ -239,7 +261,9 @@ def read_ndc2rxnorm(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     text = path.read_text(encoding="utf-8").strip()
     if not text:
-        raise IngestInputError(f"Empty table: {path} is empty; expected a dict literal {{'NDC': 'RXCUI'}}.")
+        raise IngestInputError(
+            f"Empty table: {path} is empty; expected a dict literal {{'NDC': 'RXCUI'}}."
+        )
     try:
         mapping = ast.literal_eval(text)
     except (ValueError, SyntaxError) as exc:
@@ -248,8 +272,12 @@ def read_ndc2rxnorm(path: str | Path) -> pd.DataFrame:
             f"(GAMENet ndc2rxnorm_mapping.txt); it could not be parsed ({exc.__class__.__name__})."
         ) from exc
     if not isinstance(mapping, dict):
-        raise IngestInputError(f"Wrong format in {path}: expected a dict literal, found {type(mapping).__name__}.")
-    df = pd.DataFrame({"ndc": list(mapping.keys()), "rxcui": list(mapping.values())}).astype("string")
+        raise IngestInputError(
+            f"Wrong format in {path}: expected a dict literal, found {type(mapping).__name__}."
+        )
+    df = pd.DataFrame({"ndc": list(mapping.keys()), "rxcui": list(mapping.values())}).astype(
+        "string"
+    )
     df["ndc"], df["rxcui"] = df["ndc"].str.strip(), df["rxcui"].str.strip()
     df = df[df["rxcui"].notna() & (df["rxcui"] != "")]
     if df.empty:
@@ -291,12 +319,24 @@ def read_rxcui2atc4(path: str | Path, choice: str = "first_sorted") -> tuple[pd.
             f"Unknown parameter `ingest.atc4_choice`: {choice!r}; expected first_sorted or first_in_file."
         )
     df = df.drop_duplicates("rxcui", keep="first").reset_index(drop=True)
-    return df, {"rxcui_rows": int(len(df)), "rxcui_with_several_atc4": n_multi, "atc4_choice": choice}
+    return df, {
+        "rxcui_rows": int(len(df)),
+        "rxcui_with_several_atc4": n_multi,
+        "atc4_choice": choice,
+    }
 
 
 def read_ndc2atc3(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """A direct NDC -> ATC3 table (``ndc,atc3``, e.g. MoleRec's flattened atc2rxnorm)."""
-    df = _read_aux_csv(Path(path), ["ndc", "atc3"], "NDC->ATC3 table")
+    """A direct NDC -> ATC3 table: ``ndc,atc3`` (MoleRec, flattened) or ``ndc11,...,atc4`` (fabkury).
+
+    ATC codes are cut to their first 4 characters; an NDC with several ATC3 keeps the first sorted.
+    """
+    path = Path(path)
+    header = [c.strip().lower() for c in pd.read_csv(path, nrows=0).columns]
+    ndc_col = "ndc11" if "ndc11" in header and "ndc" not in header else "ndc"
+    atc_col = "atc4" if "atc4" in header and "atc3" not in header else "atc3"
+    df = _read_aux_csv(path, [ndc_col, atc_col], "NDC->ATC3 table")
+    df = df.rename(columns={ndc_col: "ndc", atc_col: "atc3"})
     df["atc3"] = df["atc3"].str[:4]
     df = df.drop_duplicates()
     n_multi = int((df.groupby("ndc")["atc3"].nunique() > 1).sum())
@@ -343,11 +383,18 @@ def read_twosides(path: str | Path) -> pd.DataFrame:
     """TWOSIDES ``drug-DDI.csv`` (STITCH 1, STITCH 2, Polypharmacy Side Effect, Side Effect Name)."""
     df = _read_aux_csv(Path(path), TWOSIDES_COLUMNS, "TWOSIDES drug-DDI table")
     return df.rename(
-        columns={"stitch 1": "cid_a", "stitch 2": "cid_b", "polypharmacy side effect": "se", "side effect name": "se_name"}
+        columns={
+            "stitch 1": "cid_a",
+            "stitch 2": "cid_b",
+            "polypharmacy side effect": "se",
+            "side effect name": "se_name",
+        }
     )
 
 
-def twosides_to_atc3_pairs(twosides: pd.DataFrame, drug_atc: pd.DataFrame, topk: int = 40) -> tuple[pd.DataFrame, dict]:
+def twosides_to_atc3_pairs(
+    twosides: pd.DataFrame, drug_atc: pd.DataFrame, topk: int = 40
+) -> tuple[pd.DataFrame, dict]:
     """GAMENet/SafeDrug DDI: keep the ``topk`` *least* frequent side-effect types, map CIDs to ATC3."""
     counts = twosides.groupby(["se", "se_name"]).size().reset_index(name="n")
     counts = counts.sort_values(["n", "se"], ascending=[False, True], kind="stable")

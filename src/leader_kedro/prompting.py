@@ -365,6 +365,7 @@ def _count(tokenizer, texts: list[str], special: bool, batch: int = 4096) -> np.
             truncation=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # lengths above the model maximum are the point here
         )["input_ids"]
         counts.update(zip(chunk, (len(x) for x in ids), strict=True))
     return np.fromiter((counts[t] for t in texts), dtype=np.int64, count=len(texts))

@@ -59,7 +59,9 @@ def records_to_samples(model_input: pd.DataFrame) -> pd.DataFrame:
     """Serving rows -> sample rows of the contract (``sample_id`` = the row position)."""
     if not isinstance(model_input, pd.DataFrame):
         model_input = pd.DataFrame(model_input)
-    missing = [c for c in ("diagnoses", "procedures", "medications") if c not in model_input.columns]
+    missing = [
+        c for c in ("diagnoses", "procedures", "medications") if c not in model_input.columns
+    ]
     if missing:
         raise ValueError(
             f"leader-student input lacks column(s) {missing}; expected diagnoses and procedures "
@@ -74,7 +76,13 @@ def records_to_samples(model_input: pd.DataFrame) -> pd.DataFrame:
                 f"len(medications) == len(diagnoses) - 1 (past visits only), got "
                 f"{len(dx)}, {len(px)}, {len(rx)}"
             )
-        row = {"sample_id": str(r), "n_past": len(dx) - 1, "diagnoses": dx, "procedures": px, "medications": rx}
+        row = {
+            "sample_id": str(r),
+            "n_past": len(dx) - 1,
+            "diagnoses": dx,
+            "procedures": px,
+            "medications": rx,
+        }
         for col in PROFILE_COLUMNS:
             value = rec.get(col)
             if col == "age":
@@ -112,7 +120,9 @@ class LeaderStudentPyfunc(PythonModel):
 
         self.bundle = load_bundle(context.artifacts["student_model"])
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         if self.bundle is None:
             self.load_context(context)
         samples = records_to_samples(model_input)
@@ -134,7 +144,10 @@ def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
     rows = []
     for i in order:
         rec = samples.loc[i]
-        row = {c: [list(map(str, v)) for v in rec[c]] for c in ("diagnoses", "procedures", "medications")}
+        row = {
+            c: [list(map(str, v)) for v in rec[c]]
+            for c in ("diagnoses", "procedures", "medications")
+        }
         for col in PROFILE_COLUMNS:
             value = rec.get(col) if col in samples.columns else None
             if col == "age":

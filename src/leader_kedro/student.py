@@ -72,7 +72,9 @@ def make_config(vocab: dict, overrides: dict | None = None) -> dict:
     cfg["n_medications"] = len(vocab["medication"])
     cfg["profile_fields"] = list(vocab["profile"])
     cfg["profile_sizes"] = [len(vocab["profile"][f]) for f in cfg["profile_fields"]]
-    cfg["n_age_bins"] = len(vocab["age_bins"]) + 2  # unknown, below the first edge, ..., above the last
+    cfg["n_age_bins"] = (
+        len(vocab["age_bins"]) + 2
+    )  # unknown, below the first edge, ..., above the last
     if not cfg["profile_enabled"] and cfg["align_enabled"]:
         raise ValueError(
             "align_enabled needs profile_enabled: the alignment pulls the profile prompt towards the "
@@ -351,7 +353,9 @@ class LeaderStudent(nn.Module):
         parts = [emb(profile[:, j]) for j, emb in enumerate(self.profile_embeddings)]
         return self.profile_proj(torch.cat(parts, dim=-1))
 
-    def encode_sets(self, ids: torch.Tensor, trm: TransformerBlock, visit_mask: torch.Tensor) -> torch.Tensor:
+    def encode_sets(
+        self, ids: torch.Tensor, trm: TransformerBlock, visit_mask: torch.Tensor
+    ) -> torch.Tensor:
         """[B, V, C] token ids -> [B, V, d] via the set transformer + masked mean over codes.
 
         Only the sets of real visits are run through the transformer (padding visits stay zero),
@@ -432,7 +436,9 @@ def count_parameters(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict_proba_encoded(model: LeaderStudent, enc: EncodedSamples, batch_size: int = 256) -> np.ndarray:
+def predict_proba_encoded(
+    model: LeaderStudent, enc: EncodedSamples, batch_size: int = 256
+) -> np.ndarray:
     """Sigmoid probabilities [N, M] in input order (model put in eval mode)."""
     model.eval()
     n = len(enc.sample_ids)
@@ -446,7 +452,9 @@ def predict_proba_encoded(model: LeaderStudent, enc: EncodedSamples, batch_size:
 class StudentBundle:
     """What the ``student_model`` catalog entry loads: the module plus everything to use it."""
 
-    def __init__(self, module: LeaderStudent, config: dict, vocab: dict, code_names: dict | None = None):
+    def __init__(
+        self, module: LeaderStudent, config: dict, vocab: dict, code_names: dict | None = None
+    ):
         self.module = module.eval()
         self.config = config
         self.vocab = vocab
@@ -468,7 +476,9 @@ class StudentBundle:
 
     def predictions_table(self, samples: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
         """The project's predictions format: ``sample_id`` + one column per medication."""
-        return predictions_frame(samples["sample_id"], self.predict_proba(samples, batch_size), self.vocab)
+        return predictions_frame(
+            samples["sample_id"], self.predict_proba(samples, batch_size), self.vocab
+        )
 
 
 def predictions_frame(sample_ids, probs: np.ndarray, vocab: dict) -> pd.DataFrame:
@@ -494,7 +504,11 @@ def save_bundle(bundle: StudentBundle, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in bundle.module.state_dict().items()}
     save_file(state, str(directory / STATE_FILE), metadata={"format": "leader-student-v1"})
-    for name, data in ((CONFIG_FILE, bundle.config), (VOCAB_FILE, bundle.vocab), (NAMES_FILE, bundle.code_names)):
+    for name, data in (
+        (CONFIG_FILE, bundle.config),
+        (VOCAB_FILE, bundle.vocab),
+        (NAMES_FILE, bundle.code_names),
+    ):
         (directory / name).write_text(json.dumps(data, indent=1, sort_keys=False))
 
 

@@ -107,16 +107,30 @@ def targets_matrix(samples: pd.DataFrame, vocab: dict) -> np.ndarray:
     return y
 
 
-def evaluate_groups(samples: pd.DataFrame, probs: np.ndarray, vocab: dict, threshold: float) -> dict:
+def evaluate_groups(
+    samples: pd.DataFrame, probs: np.ndarray, vocab: dict, threshold: float
+) -> dict:
     """PRAUC / Jaccard / F1 (and the rest of :func:`metrics.summary`) overall, single-, multi-visit."""
     if len(samples) != len(probs):
         raise ValueError(f"{len(samples)} samples but {len(probs)} prediction rows")
     y = targets_matrix(samples, vocab)
-    single = (samples["n_past"].to_numpy() == 0) if "n_past" in samples else (
-        samples["medications"].map(len).to_numpy() == 0
+    single = (
+        (samples["n_past"].to_numpy() == 0)
+        if "n_past" in samples
+        else (samples["medications"].map(len).to_numpy() == 0)
     )
-    out = {"n": {"overall": int(len(samples)), "single_visit": int(single.sum()), "multi_visit": int((~single).sum())}}
-    for group, mask in (("overall", np.ones(len(samples), bool)), ("single_visit", single), ("multi_visit", ~single)):
+    out = {
+        "n": {
+            "overall": int(len(samples)),
+            "single_visit": int(single.sum()),
+            "multi_visit": int((~single).sum()),
+        }
+    }
+    for group, mask in (
+        ("overall", np.ones(len(samples), bool)),
+        ("single_visit", single),
+        ("multi_visit", ~single),
+    ):
         out[group] = summary(y[mask], probs[mask], threshold) if mask.any() else None
     return out
 
@@ -163,12 +177,54 @@ def train_student(
     )
     enc_train = encode_samples(train_samples, vocab, cfg["max_visits"], cfg["max_codes"])
     enc_val = encode_samples(val_samples, vocab, cfg["max_visits"], cfg["max_codes"])
-    y_val = enc_val.targets
 
+    threads = tr.get("num_threads", 1)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        # the student's ops are tiny: one intra-op thread avoids sync overhead (10x on a busy CPU)
+        torch.set_num_threads(int(threads))
+    try:
+        return _fit(
+            cfg,
+            enc_train,
+            enc_val,
+            teacher_hidden,
+            tr,
+            params,
+            seed,
+            alpha,
+            beta,
+            tau,
+            vocab,
+            code_names,
+            variant,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(
+    cfg,
+    enc_train,
+    enc_val,
+    teacher_hidden,
+    tr,
+    params,
+    seed,
+    alpha,
+    beta,
+    tau,
+    vocab,
+    code_names,
+    variant,
+):
+    y_val = enc_val.targets
     seed_everything(seed)
     model = LeaderStudent(cfg)
     optim = torch.optim.Adam(
-        model.parameters(), lr=float(tr.get("lr", 5e-4)), weight_decay=float(tr.get("weight_decay", 0.0))
+        model.parameters(),
+        lr=float(tr.get("lr", 5e-4)),
+        weight_decay=float(tr.get("weight_decay", 0.0)),
     )
     gen = torch.Generator().manual_seed(seed)
     batch_size = int(tr.get("batch_size", 16))
@@ -183,7 +239,9 @@ def train_student(
     best = {"epoch": -1, "val_prauc": -np.inf, "state": None}
     bad_epochs = 0
     started = time.perf_counter()
-    bar = tqdm(range(1, max_epochs + 1), desc=f"student[{variant}]", disable=not tr.get("progress", True))
+    bar = tqdm(
+        range(1, max_epochs + 1), desc=f"student[{variant}]", disable=not tr.get("progress", True)
+    )
     for epoch in bar:
         model.train()
         sums = {"total": 0.0, "bce": 0.0, "kd": 0.0, "align": 0.0}
@@ -202,13 +260,21 @@ def train_student(
         val_prauc = float(np.nanmean(average_precision_per_sample(y_val, probs)))
         val = summary(y_val, probs, threshold)
         row = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
-        row.update({f"val_{k}": v for k, v in val.items() if k in ("prauc", "jaccard", "f1", "n_med")})
+        row.update(
+            {f"val_{k}": v for k, v in val.items() if k in ("prauc", "jaccard", "f1", "n_med")}
+        )
         row["val_prauc"] = val_prauc
         history.append(row)
-        tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch, prefix=f"student.{variant}.")
+        tracking.log_metrics(
+            {k: v for k, v in row.items() if k != "epoch"}, step=epoch, prefix=f"student.{variant}."
+        )
         bar.set_postfix(loss=f"{row['train_total']:.4f}", val_prauc=f"{val_prauc:.4f}")
         if val_prauc > best["val_prauc"] or best["state"] is None:
-            best = {"epoch": epoch, "val_prauc": val_prauc, "state": copy.deepcopy(model.state_dict())}
+            best = {
+                "epoch": epoch,
+                "val_prauc": val_prauc,
+                "state": copy.deepcopy(model.state_dict()),
+            }
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -232,13 +298,21 @@ def train_student(
     }
     logger.info(
         "student[%s]: best val PRAUC %.4f at epoch %d of %d (%.1fs, %d parameters)",
-        variant, best["val_prauc"], best["epoch"], len(history), seconds, bundle.n_parameters,
+        variant,
+        best["val_prauc"],
+        best["epoch"],
+        len(history),
+        seconds,
+        bundle.n_parameters,
     )
     return bundle, info
 
 
 def compare_predictions(
-    samples: pd.DataFrame, vocab: dict, predictions: dict[str, pd.DataFrame | None], threshold: float = 0.3
+    samples: pd.DataFrame,
+    vocab: dict,
+    predictions: dict[str, pd.DataFrame | None],
+    threshold: float = 0.3,
 ) -> dict:
     """Metrics per model and patient group for prediction tables aligned to ``samples`` by sample_id.
 

@@ -38,7 +38,17 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
-CAUSAL_MODEL_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2"}
+CAUSAL_MODEL_TYPES = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+}
 
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "teacher_config.json"
@@ -59,7 +69,9 @@ def resolve_backbone(name_or_path: str) -> str:
     treated as a Hugging Face id that must already be in the local cache (``HF_HUB_OFFLINE=1``).
     """
     if not name_or_path or not isinstance(name_or_path, str):
-        raise TeacherConfigError(f"teacher.backbone must be a non-empty string, got {name_or_path!r}")
+        raise TeacherConfigError(
+            f"teacher.backbone must be a non-empty string, got {name_or_path!r}"
+        )
     if name_or_path == BACKBONE_PLACEHOLDER or name_or_path.startswith("SET-ME"):
         raise TeacherConfigError(
             f"teacher.backbone is still the placeholder {name_or_path!r}: set it to the local path of "
@@ -107,7 +119,9 @@ def load_tokenizer(name_or_path: str, kind: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as exc:
-        raise TeacherConfigError(f"cannot load a tokenizer for {name_or_path!r} offline: {exc}") from exc
+        raise TeacherConfigError(
+            f"cannot load a tokenizer for {name_or_path!r} offline: {exc}"
+        ) from exc
     tok.padding_side = "right"
     tok.truncation_side = "left"
     if tok.pad_token is None:
@@ -153,7 +167,11 @@ def validate_target_modules(model, targets: list[str]) -> None:
     """Raise when a requested LoRA target matches no Linear layer of the backbone."""
     import torch
 
-    suffixes = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    suffixes = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    }
     missing = [t for t in targets if t not in suffixes]
     if missing:
         raise TeacherConfigError(
@@ -194,7 +212,11 @@ def _module_class():
         def pool(self, input_ids, attention_mask):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            pooled = masked_mean(hidden, attention_mask) if self.pooling == "mean" else last_token(hidden, attention_mask)
+            pooled = (
+                masked_mean(hidden, attention_mask)
+                if self.pooling == "mean"
+                else last_token(hidden, attention_mask)
+            )
             return pooled
 
         def forward(self, input_ids, attention_mask, labels=None):
@@ -254,6 +276,20 @@ def build_teacher(
         "target_modules": targets,
         "bias": "none",
     }
+    if lora.get("layers_to_transform") is not None:
+        # LoRA only in these blocks: backprop then stops above the lowest one (much cheaper on CPU)
+        lora_cfg["layers_to_transform"] = [int(i) for i in lora["layers_to_transform"]]
+    unknown = set(lora) - {
+        "r",
+        "alpha",
+        "lora_alpha",
+        "dropout",
+        "lora_dropout",
+        "target_modules",
+        "layers_to_transform",
+    }
+    if unknown:
+        raise TeacherConfigError(f"unknown teacher.lora setting(s) {sorted(unknown)}")
     peft_model = get_peft_model(base, LoraConfig(**lora_cfg))
     hidden = int(hf_config.hidden_size)
     model = _module_class()(peft_model, hidden, len(medications), pooling)
@@ -279,9 +315,15 @@ def _dtype(name: str):
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
     if name not in table:
-        raise TeacherConfigError(f"teacher.torch_dtype must be auto|float32|bfloat16|float16, got {name!r}")
+        raise TeacherConfigError(
+            f"teacher.torch_dtype must be auto|float32|bfloat16|float16, got {name!r}"
+        )
     return table[name]
 
 
@@ -312,7 +354,9 @@ def pad_batch(seqs: list[list[int]], pad_id: int):
 # --------------------------------------------------------------------------- bundle + persistence
 def compute_fingerprint(trainable: dict, config: dict) -> str:
     h = hashlib.sha256()
-    cfg = {k: v for k, v in config.items() if k not in ("fingerprint", "backbone_resolved", "training")}
+    cfg = {
+        k: v for k, v in config.items() if k not in ("fingerprint", "backbone_resolved", "training")
+    }
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     for name in sorted(trainable):
         t = trainable[name].detach().to("cpu").float().contiguous()
@@ -329,7 +373,9 @@ class TeacherBundle:
         self.model = model
         self.tokenizer = tokenizer
         self.config = dict(config)
-        self.fingerprint = fingerprint or compute_fingerprint(model.trainable_state_dict(), self.config)
+        self.fingerprint = fingerprint or compute_fingerprint(
+            model.trainable_state_dict(), self.config
+        )
         self.config["fingerprint"] = self.fingerprint
 
     @property
@@ -389,9 +435,14 @@ def save_teacher(bundle: TeacherBundle, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     bundle.model.backbone.save_pretrained(str(path / ADAPTER_DIR))
-    save_file({"weight": bundle.model.head.weight.detach().float().cpu().contiguous()}, str(path / HEAD_FILE))
+    save_file(
+        {"weight": bundle.model.head.weight.detach().float().cpu().contiguous()},
+        str(path / HEAD_FILE),
+    )
     bundle.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
-    (path / CONFIG_FILE).write_text(json.dumps(bundle.config, indent=2, sort_keys=True, default=str))
+    (path / CONFIG_FILE).write_text(
+        json.dumps(bundle.config, indent=2, sort_keys=True, default=str)
+    )
 
 
 def load_teacher(path: str | Path, device: str | None = None, verify: bool = True) -> TeacherBundle:
@@ -411,7 +462,9 @@ def load_teacher(path: str | Path, device: str | None = None, verify: bool = Tru
         resolved = resolve_backbone(config["backbone"])
     base = AutoModel.from_pretrained(resolved, dtype=_dtype(config.get("torch_dtype", "float32")))
     backbone = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), is_trainable=False)
-    model = _module_class()(backbone, config["hidden_size"], len(config["medications"]), config["pooling"])
+    model = _module_class()(
+        backbone, config["hidden_size"], len(config["medications"]), config["pooling"]
+    )
     head = load_file(str(path / HEAD_FILE))["weight"]
     with torch.no_grad():
         model.head.weight.copy_(head)

@@ -41,7 +41,13 @@ DEFAULTS = {
     "pooling": "auto",
     "max_length": 256,
     "torch_dtype": "float32",
-    "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None},
+    "lora": {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.1,
+        "target_modules": None,
+        "layers_to_transform": None,
+    },
     "num_epochs": 3,
     "max_steps": -1,
     "per_device_batch_size": 16,
@@ -73,7 +79,9 @@ def resolve_params(params: dict | None) -> dict:
     params = dict(params or {})
     unknown = sorted(set(params) - set(DEFAULTS) - {"predict_batch_size"})
     if unknown:
-        raise TeacherConfigError(f"unknown teacher parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
+        raise TeacherConfigError(
+            f"unknown teacher parameter(s) {unknown}; known: {sorted(DEFAULTS)}"
+        )
     out = {**DEFAULTS, **params}
     out["lora"] = {**DEFAULTS["lora"], **(params.get("lora") or {})}
     for key in ("num_epochs", "per_device_batch_size", "gradient_accumulation_steps", "max_length"):
@@ -98,9 +106,14 @@ def multi_hot(targets, medications: list[str], where: str = "samples") -> np.nda
 
 def align(prompts: pd.DataFrame, samples: pd.DataFrame, split: str) -> None:
     """Prompts and samples must hold the same sample ids in the same order (contract)."""
-    for col, frame, name in (("prompt", prompts, f"prompts_{split}"), ("target", samples, f"samples_{split}")):
+    for col, frame, name in (
+        ("prompt", prompts, f"prompts_{split}"),
+        ("target", samples, f"samples_{split}"),
+    ):
         if col not in frame.columns or "sample_id" not in frame.columns:
-            raise ValueError(f"{name}: expected columns 'sample_id' and {col!r}, got {list(frame.columns)}")
+            raise ValueError(
+                f"{name}: expected columns 'sample_id' and {col!r}, got {list(frame.columns)}"
+            )
     a = prompts["sample_id"].astype(str).tolist()
     b = samples["sample_id"].astype(str).tolist()
     if a != b:
@@ -133,17 +146,34 @@ def make_collator(pad_id: int):
         ids, mask = pad_batch([f["input_ids"] for f in features], pad_id)
         batch = {"input_ids": ids, "attention_mask": mask}
         if "labels" in features[0]:
-            batch["labels"] = torch.tensor(np.stack([f["labels"] for f in features]), dtype=torch.float32)
+            batch["labels"] = torch.tensor(
+                np.stack([f["labels"] for f in features]), dtype=torch.float32
+            )
         return batch
 
     return collate
 
 
-def run_signature(p: dict, config: dict, train_ids: list[str], train_texts: list[str], val_ids: list[str]) -> str:
+def run_signature(
+    p: dict, config: dict, train_ids: list[str], train_texts: list[str], val_ids: list[str]
+) -> str:
     """Hash of what determines a training run (not its length), naming its checkpoint folder."""
-    keep = {k: p[k] for k in ("per_device_batch_size", "gradient_accumulation_steps", "learning_rate",
-                              "head_learning_rate", "weight_decay", "warmup_steps", "lr_scheduler_type",
-                              "max_grad_norm", "group_by_length", "max_train_samples", "seed")}
+    keep = {
+        k: p[k]
+        for k in (
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "head_learning_rate",
+            "weight_decay",
+            "warmup_steps",
+            "lr_scheduler_type",
+            "max_grad_norm",
+            "group_by_length",
+            "max_train_samples",
+            "seed",
+        )
+    }
     cfg = {k: v for k, v in config.items() if k != "backbone_resolved"}
     h = hashlib.sha256(json.dumps([keep, cfg], sort_keys=True, default=str).encode())
     for part in (train_ids, train_texts, val_ids):
@@ -169,30 +199,46 @@ def _trainer_class():
                     if param.requires_grad:
                         (head if name.startswith("head.") else lora).append(param)
                 groups = [
-                    {"params": lora, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay},
-                    {"params": head, "lr": self.head_learning_rate or self.args.learning_rate, "weight_decay": 0.0},
+                    {
+                        "params": lora,
+                        "lr": self.args.learning_rate,
+                        "weight_decay": self.args.weight_decay,
+                    },
+                    {
+                        "params": head,
+                        "lr": self.head_learning_rate or self.args.learning_rate,
+                        "weight_decay": 0.0,
+                    },
                 ]
-                self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+                self.optimizer = torch.optim.AdamW(
+                    groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8
+                )
             return self.optimizer
 
         def _save(self, output_dir=None, state_dict=None):
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
             model = self.accelerator.unwrap_model(self.model)
-            tensors = {k: v.float().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+            tensors = {
+                k: v.float().cpu().contiguous() for k, v in model.trainable_state_dict().items()
+            }
             save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
         def _load_trainable(self, folder: str) -> None:
             file = os.path.join(folder, TRAINABLE_FILE)
             if not os.path.isfile(file):
-                raise FileNotFoundError(f"checkpoint {folder} has no {TRAINABLE_FILE}: not a teacher checkpoint")
+                raise FileNotFoundError(
+                    f"checkpoint {folder} has no {TRAINABLE_FILE}: not a teacher checkpoint"
+                )
             model = self.accelerator.unwrap_model(self.model)
             state = load_file(file)
             current = model.state_dict()
             missing = [k for k in state if k not in current]
             if missing:
-                raise ValueError(f"checkpoint {folder} does not match the model: unknown keys {missing[:3]}")
+                raise ValueError(
+                    f"checkpoint {folder} does not match the model: unknown keys {missing[:3]}"
+                )
             with torch.no_grad():
                 for k, v in state.items():
                     current[k].copy_(v.to(current[k].dtype))
@@ -201,8 +247,11 @@ def _trainer_class():
             self._load_trainable(resume_from_checkpoint)
 
         def _load_best_model(self):
-            logger.info("Loading best teacher checkpoint %s (val prauc %.4f)",
-                        self.state.best_model_checkpoint, self.state.best_metric or float("nan"))
+            logger.info(
+                "Loading best teacher checkpoint %s (val prauc %.4f)",
+                self.state.best_model_checkpoint,
+                self.state.best_metric or float("nan"),
+            )
             self._load_trainable(self.state.best_model_checkpoint)
 
     return TeacherTrainer
@@ -246,9 +295,15 @@ def _history(log_history: list[dict]) -> list[dict]:
         if "loss" in entry:
             losses.setdefault(ep, []).append(float(entry["loss"]))
         if "eval_loss" in entry:
-            rows[ep] = {"epoch": ep, "step": entry.get("step"),
-                        **{"val_" + k.removeprefix("eval_"): float(v) for k, v in entry.items()
-                           if k.startswith("eval_") and isinstance(v, (int, float))}}
+            rows[ep] = {
+                "epoch": ep,
+                "step": entry.get("step"),
+                **{
+                    "val_" + k.removeprefix("eval_"): float(v)
+                    for k, v in entry.items()
+                    if k.startswith("eval_") and isinstance(v, (int, float))
+                },
+            }
     out = []
     for ep in sorted(set(rows) | set(losses)):
         row = rows.get(ep, {"epoch": ep})
@@ -281,7 +336,11 @@ def train_teacher(
         raise ValueError("teacher needs non-empty prompts_train and prompts_val")
     n_train_total = len(prompts_train)
     if p["max_train_samples"] and int(p["max_train_samples"]) < n_train_total:
-        keep = np.sort(np.random.default_rng(seed).choice(n_train_total, int(p["max_train_samples"]), replace=False))
+        keep = np.sort(
+            np.random.default_rng(seed).choice(
+                n_train_total, int(p["max_train_samples"]), replace=False
+            )
+        )
         prompts_train, samples_train = prompts_train.iloc[keep], samples_train.iloc[keep]
 
     set_seed(seed)
@@ -290,8 +349,14 @@ def train_teacher(
     if bf16 == "auto":
         bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
     model, tokenizer, config = build_teacher(
-        p["backbone"], medications, lora=p["lora"], pooling=p["pooling"], max_length=int(p["max_length"]),
-        gradient_checkpointing=bool(p["gradient_checkpointing"]), torch_dtype=p["torch_dtype"], seed=seed,
+        p["backbone"],
+        medications,
+        lora=p["lora"],
+        pooling=p["pooling"],
+        max_length=int(p["max_length"]),
+        gradient_checkpointing=bool(p["gradient_checkpointing"]),
+        torch_dtype=p["torch_dtype"],
+        seed=seed,
     )
     kind, max_length = config["kind"], config["max_length"]
     train_texts = prompts_train["prompt"].astype(str).tolist()
@@ -301,8 +366,13 @@ def train_teacher(
     y_val = multi_hot(samples_val["target"], medications, "samples_val")
     truncated = int(sum(len(s) >= max_length for s in train_ids))
 
-    signature = run_signature(p, config, prompts_train["sample_id"].astype(str).tolist(), train_texts,
-                              prompts_val["sample_id"].astype(str).tolist())
+    signature = run_signature(
+        p,
+        config,
+        prompts_train["sample_id"].astype(str).tolist(),
+        train_texts,
+        prompts_val["sample_id"].astype(str).tolist(),
+    )
     out_dir = Path(p["checkpoint_dir"]) / signature
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = p["resume_from_checkpoint"]
@@ -311,7 +381,9 @@ def train_teacher(
     elif resume in (None, False, "none", "never"):
         resume = None
     elif not Path(str(resume)).is_dir():
-        raise TeacherConfigError(f"teacher.resume_from_checkpoint {resume!r} is not a checkpoint directory")
+        raise TeacherConfigError(
+            f"teacher.resume_from_checkpoint {resume!r} is not a checkpoint directory"
+        )
     if resume:
         logger.info("Resuming teacher training from %s", resume)
 
@@ -342,7 +414,9 @@ def train_teacher(
         "epochs_run": float(state.epoch or 0.0),
         "best_checkpoint": state.best_model_checkpoint,
         "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
-        "train_loss": float(result.training_loss) if result.training_loss == result.training_loss else None,
+        "train_loss": float(result.training_loss)
+        if result.training_loss == result.training_loss
+        else None,
         "train_wall_s": round(wall, 2),
         "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
         "n_train": len(train_ids),
@@ -357,7 +431,11 @@ def train_teacher(
     config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
     model.to("cpu" if not use_cuda else model.head.weight.device)
     bundle = TeacherBundle(model, tokenizer, config)
-    return bundle, {"history": history, "summary": summary, "parameters": {k: v for k, v in p.items()}}
+    return bundle, {
+        "history": history,
+        "summary": summary,
+        "parameters": {k: v for k, v in p.items()},
+    }
 
 
 def _training_args(p: dict, out_dir: Path, bf16: bool, use_cuda: bool, seed: int):
@@ -403,8 +481,14 @@ def _checkpoint_step(path) -> int:
 
 
 # --------------------------------------------------------------------------- evaluation helpers
-def evaluate_split(bundle: TeacherBundle, prompts: pd.DataFrame, samples: pd.DataFrame, split: str,
-                   threshold: float, batch_size: int = 32) -> tuple[pd.DataFrame, dict]:
+def evaluate_split(
+    bundle: TeacherBundle,
+    prompts: pd.DataFrame,
+    samples: pd.DataFrame,
+    split: str,
+    threshold: float,
+    batch_size: int = 32,
+) -> tuple[pd.DataFrame, dict]:
     """Probabilities for one split (predictions contract) and its metrics."""
     from leader_kedro.teacher import predictions_frame
 
@@ -418,8 +502,9 @@ def evaluate_split(bundle: TeacherBundle, prompts: pd.DataFrame, samples: pd.Dat
     return frame, stats
 
 
-def teacher_card(bundle: TeacherBundle, val_metrics: dict, test_metrics: dict, history: dict,
-                 threshold: float) -> dict:
+def teacher_card(
+    bundle: TeacherBundle, val_metrics: dict, test_metrics: dict, history: dict, threshold: float
+) -> dict:
     """Provenance + metrics of a trained teacher, readable without loading the model."""
     cfg = bundle.config
     return {

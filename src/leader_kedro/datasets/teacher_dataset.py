@@ -38,7 +38,9 @@ class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
         self._load_args = dict(load_args or {})
         unknown = set(self._load_args) - {"device", "verify"}
         if unknown:
-            raise DatasetError(f"TeacherModelDataset load_args: unknown keys {sorted(unknown)} (expected device, verify)")
+            raise DatasetError(
+                f"TeacherModelDataset load_args: unknown keys {sorted(unknown)} (expected device, verify)"
+            )
         self.metadata = metadata
         super().__init__(filepath=PurePosixPath(filepath), version=version)
 
@@ -59,7 +61,9 @@ class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
         from leader_kedro.teacher import TeacherBundle, save_teacher
 
         if not isinstance(data, TeacherBundle):
-            raise DatasetError(f"teacher_model expects a TeacherBundle to save, got {type(data).__name__}")
+            raise DatasetError(
+                f"teacher_model expects a TeacherBundle to save, got {type(data).__name__}"
+            )
         path = Path(str(self._get_save_path()))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -10,7 +10,17 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 
-def _train(variant, samples_train, samples_val, vocab, code_names, teacher_features, teacher_card, prompts_train, params):
+def _train(
+    variant,
+    samples_train,
+    samples_val,
+    vocab,
+    code_names,
+    teacher_features,
+    teacher_card,
+    prompts_train,
+    params,
+):
     from leader_kedro.student_training import train_student, variant_params
 
     vparams = variant_params(params, variant)
@@ -30,37 +40,133 @@ def _train(variant, samples_train, samples_val, vocab, code_names, teacher_featu
     )
 
 
-def train_student_main(samples_train, samples_val, vocab, code_names, teacher_features, teacher_card, prompts_train, params):
+def train_student_main(
+    samples_train,
+    samples_val,
+    vocab,
+    code_names,
+    teacher_features,
+    teacher_card,
+    prompts_train,
+    params,
+):
     """The main student (KD, alignment and profile as configured)."""
-    bundle, history = _train("main", samples_train, samples_val, vocab, code_names, teacher_features, teacher_card, prompts_train, params)
+    bundle, history = _train(
+        "main",
+        samples_train,
+        samples_val,
+        vocab,
+        code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
+        params,
+    )
     return bundle, history
 
 
-def predict_student(student_model, samples_val: pd.DataFrame, samples_test: pd.DataFrame, params: dict):
+def predict_student(
+    student_model, samples_val: pd.DataFrame, samples_test: pd.DataFrame, params: dict
+):
     bs = int(params.get("training", {}).get("eval_batch_size", 256))
-    return student_model.predictions_table(samples_val, bs), student_model.predictions_table(samples_test, bs)
+    return student_model.predictions_table(samples_val, bs), student_model.predictions_table(
+        samples_test, bs
+    )
 
 
-def _ablation(variant, samples_train, samples_val, samples_test, vocab, code_names, teacher_features, teacher_card, prompts_train, params):
+def _ablation(
+    variant,
+    samples_train,
+    samples_val,
+    samples_test,
+    vocab,
+    code_names,
+    teacher_features,
+    teacher_card,
+    prompts_train,
+    params,
+):
     from leader_kedro.student import predictions_frame
 
     if not params.get("ablations", True):
         logger.info("distill.ablations is false: skipping the '%s' student", variant)
-        empty = predictions_frame([], __import__("numpy").zeros((0, len(vocab["medication"]))), vocab)
-        return empty, empty.copy(), {"variant": variant, "skipped": True, "reason": "distill.ablations: false"}
-    bundle, history = _train(variant, samples_train, samples_val, vocab, code_names, teacher_features, teacher_card, prompts_train, params)
+        empty = predictions_frame(
+            [], __import__("numpy").zeros((0, len(vocab["medication"]))), vocab
+        )
+        return (
+            empty,
+            empty.copy(),
+            {"variant": variant, "skipped": True, "reason": "distill.ablations: false"},
+        )
+    bundle, history = _train(
+        variant,
+        samples_train,
+        samples_val,
+        vocab,
+        code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
+        params,
+    )
     bs = int(params.get("training", {}).get("eval_batch_size", 256))
-    return bundle.predictions_table(samples_val, bs), bundle.predictions_table(samples_test, bs), history
+    return (
+        bundle.predictions_table(samples_val, bs),
+        bundle.predictions_table(samples_test, bs),
+        history,
+    )
 
 
-def train_student_no_kd(samples_train, samples_val, samples_test, vocab, code_names, teacher_features, teacher_card, prompts_train, params):
+def train_student_no_kd(
+    samples_train,
+    samples_val,
+    samples_test,
+    vocab,
+    code_names,
+    teacher_features,
+    teacher_card,
+    prompts_train,
+    params,
+):
     """Ablation: the same student with feature distillation off."""
-    return _ablation("no_kd", samples_train, samples_val, samples_test, vocab, code_names, teacher_features, teacher_card, prompts_train, params)
+    return _ablation(
+        "no_kd",
+        samples_train,
+        samples_val,
+        samples_test,
+        vocab,
+        code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
+        params,
+    )
 
 
-def train_student_no_align(samples_train, samples_val, samples_test, vocab, code_names, teacher_features, teacher_card, prompts_train, params):
+def train_student_no_align(
+    samples_train,
+    samples_val,
+    samples_test,
+    vocab,
+    code_names,
+    teacher_features,
+    teacher_card,
+    prompts_train,
+    params,
+):
     """Ablation: the same student with profile-medication alignment off."""
-    return _ablation("no_align", samples_train, samples_val, samples_test, vocab, code_names, teacher_features, teacher_card, prompts_train, params)
+    return _ablation(
+        "no_align",
+        samples_train,
+        samples_val,
+        samples_test,
+        vocab,
+        code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
+        params,
+    )
 
 
 def evaluate_students(
@@ -90,20 +196,43 @@ def evaluate_students(
         threshold=float(params.get("threshold", 0.3)),
     )
     metrics["training"] = {
-        name: {k: h.get(k) for k in ("best_epoch", "best_val_prauc", "epochs_run", "train_seconds", "n_parameters", "skipped")}
-        for name, h in (("student", history_main), ("student_no_kd", history_no_kd), ("student_no_align", history_no_align))
+        name: {
+            k: h.get(k)
+            for k in (
+                "best_epoch",
+                "best_val_prauc",
+                "epochs_run",
+                "train_seconds",
+                "n_parameters",
+                "skipped",
+            )
+        }
+        for name, h in (
+            ("student", history_main),
+            ("student_no_kd", history_no_kd),
+            ("student_no_align", history_no_align),
+        )
     }
     from leader_kedro import tracking
 
     for variant, groups in metrics["test"].items():
         for group, values in (groups or {}).items():
             if isinstance(values, dict) and group != "n":
-                tracking.log_metrics({k: v for k, v in values.items() if k in ("prauc", "jaccard", "f1")}, prefix=f"distill.test.{variant}.{group}.")
-    history = {"student": history_main, "student_no_kd": history_no_kd, "student_no_align": history_no_align}
+                tracking.log_metrics(
+                    {k: v for k, v in values.items() if k in ("prauc", "jaccard", "f1")},
+                    prefix=f"distill.test.{variant}.{group}.",
+                )
+    history = {
+        "student": history_main,
+        "student_no_kd": history_no_kd,
+        "student_no_align": history_no_align,
+    }
     return metrics, history
 
 
-def register_student(student_model, samples_test: pd.DataFrame, distill_metrics: dict, params: dict) -> dict:
+def register_student(
+    student_model, samples_test: pd.DataFrame, distill_metrics: dict, params: dict
+) -> dict:
     """Log + register the student as the MLflow pyfunc ``leader-student`` when a run is active."""
     import mlflow
 

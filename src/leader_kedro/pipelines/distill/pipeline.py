@@ -47,14 +47,22 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.train_student_no_kd,
                 ABLATION_INPUTS,
-                ["student_no_kd_predictions_val", "student_no_kd_predictions_test", "student_history_no_kd"],
+                [
+                    "student_no_kd_predictions_val",
+                    "student_no_kd_predictions_test",
+                    "student_history_no_kd",
+                ],
                 name="train_student_no_kd",
                 tags=["distill", "training", "ablation"],
             ),
             Node(
                 nodes.train_student_no_align,
                 ABLATION_INPUTS,
-                ["student_no_align_predictions_val", "student_no_align_predictions_test", "student_history_no_align"],
+                [
+                    "student_no_align_predictions_val",
+                    "student_no_align_predictions_test",
+                    "student_history_no_align",
+                ],
                 name="train_student_no_align",
                 tags=["distill", "training", "ablation"],
             ),

@@ -69,7 +69,13 @@ def report_features(
             "skipped": bool(meta.get("skipped", False)),
             **features.storage_report(feats),
         }
-        for key in ("extraction_seconds", "batch_size", "float16_max_abs_error", "created_at"):
+        for key in (
+            "extraction_seconds",
+            "batch_size",
+            "padding_share",
+            "float16_max_abs_error",
+            "created_at",
+        ):
             if key in meta:
                 entry[key] = meta[key]
         if meta.get("extraction_seconds") and entry["samples"]:

@@ -19,10 +19,14 @@ def prepare_raw(source: str, raw_dir: str, aux_dir: str, synthetic: dict, ingest
     if source == "synthetic":
         from leader_kedro import synthetic as synth
 
-        written = synth.write_cohort(raw_dir, aux_dir, int(synthetic["n_patients"]), int(synthetic["seed"]))
+        written = synth.write_cohort(
+            raw_dir, aux_dir, int(synthetic["n_patients"]), int(synthetic["seed"])
+        )
     manifest = ingest_core.locate_inputs(source, raw_dir, aux_dir, ingest)
     manifest["synthetic"] = written
-    return json.loads(json.dumps(manifest, default=str))  # paths -> str: the manifest is a JSON file
+    return json.loads(
+        json.dumps(manifest, default=str)
+    )  # paths -> str: the manifest is a JSON file
 
 
 def build_cohort(raw_manifest: dict, ingest: dict, seed: int):
@@ -42,18 +46,26 @@ def make_splits(visits: pd.DataFrame, ingest: dict, seed: int):
     return s["train"], s["val"], s["test"], out["split_ids"], out["report"]
 
 
-def write_ingest_report(raw_manifest: dict, cohort_report: dict, samples_report: dict, ingest: dict, seed: int) -> dict:
+def write_ingest_report(
+    raw_manifest: dict, cohort_report: dict, samples_report: dict, ingest: dict, seed: int
+) -> dict:
     """Assemble ``ingest_report`` and log it (and the headline figures) to MLflow when a run is open."""
-    from leader_kedro import tracking
+    from leader_kedro import ingest_core, tracking
 
     report = {
         **cohort_report,
         "samples": samples_report,
         "inputs": {"tables": raw_manifest["tables"], "aux_files": raw_manifest["aux_files"]},
-        "parameters": {"ingest": ingest, "seed": int(seed), "synthetic": raw_manifest.get("synthetic")},
+        "parameters": {
+            "ingest": ingest_core.effective_params(ingest, int(seed)),
+            "seed": int(seed),
+            "synthetic": raw_manifest.get("synthetic"),
+        },
     }
     cohort = report["cohort"]
-    headline = {k: v for k, v in cohort.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    headline = {
+        k: v for k, v in cohort.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     headline.update({f"{split}_samples": v["samples"] for split, v in samples_report.items()})
     headline["ndc_coverage"] = report["mapping"]["ndc_coverage"]
     headline["row_coverage"] = report["mapping"]["row_coverage"]
@@ -61,7 +73,11 @@ def write_ingest_report(raw_manifest: dict, cohort_report: dict, samples_report:
     tracking.log_dict(report, "ingest/ingest_report.json")
     logger.info(
         "ingest (%s): %d patients, %d visits, %d meds, single-visit share %.3f, NDC coverage %.3f",
-        report["source"], cohort["patients"], cohort["visits"], cohort["n_medications"],
-        cohort["single_visit_share"], report["mapping"]["ndc_coverage"],
+        report["source"],
+        cohort["patients"],
+        cohort["visits"],
+        cohort["n_medications"],
+        cohort["single_visit_share"],
+        report["mapping"]["ndc_coverage"],
     )
     return report

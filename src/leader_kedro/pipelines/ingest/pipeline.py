@@ -10,7 +10,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 nodes.prepare_raw,
-                inputs=["params:source", "params:raw_dir", "params:aux_dir", "params:synthetic", "params:ingest"],
+                inputs=[
+                    "params:source",
+                    "params:raw_dir",
+                    "params:aux_dir",
+                    "params:synthetic",
+                    "params:ingest",
+                ],
                 outputs="raw_manifest",
                 name="prepare_raw",
             ),
@@ -23,12 +29,24 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.make_splits,
                 inputs=["visits", "params:ingest", "params:seed"],
-                outputs=["samples_train", "samples_val", "samples_test", "split_ids", "samples_report"],
+                outputs=[
+                    "samples_train",
+                    "samples_val",
+                    "samples_test",
+                    "split_ids",
+                    "samples_report",
+                ],
                 name="make_splits",
             ),
             Node(
                 nodes.write_ingest_report,
-                inputs=["raw_manifest", "cohort_report", "samples_report", "params:ingest", "params:seed"],
+                inputs=[
+                    "raw_manifest",
+                    "cohort_report",
+                    "samples_report",
+                    "params:ingest",
+                    "params:seed",
+                ],
                 outputs="ingest_report",
                 name="write_ingest_report",
             ),

@@ -18,7 +18,13 @@ def train_teacher(
     from leader_kedro import teacher_training
 
     bundle, history = teacher_training.train_teacher(
-        prompts_train, samples_train, prompts_val, samples_val, vocab["medication"], params, seed=int(seed)
+        prompts_train,
+        samples_train,
+        prompts_val,
+        samples_val,
+        vocab["medication"],
+        params,
+        seed=int(seed),
     )
     return bundle, history
 
