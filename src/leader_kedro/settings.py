@@ -22,4 +22,6 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "custom_resolvers": {"project_root": _project_root},
+    # environments (test, mimic3, llm, ...) override only the keys they name
+    "merge_strategy": {"parameters": "soft"},
 }
