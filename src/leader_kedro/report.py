@@ -45,6 +45,16 @@ def load_optional_json(path: str | Path | None) -> dict | None:
     return json.loads(p.read_text())
 
 
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _label(model: str, labels: Mapping[str, str] | None) -> str:
     return (labels or {}).get(model) or DEFAULT_LABELS.get(model, model)
 
@@ -119,7 +129,7 @@ def render_markdown(
         out.append(
             _md_table(
                 ["statistic", "value"],
-                [[k, _fmt(v) if isinstance(v, float) else v] for k, v in cohort.items()],
+                [[k, _fmt(v) if isinstance(v, float) else v] for k, v in _flatten(cohort).items()],
             )
         )
         samples = ingest_report.get("samples")
@@ -158,6 +168,31 @@ def render_markdown(
         "Where DDI is not part of a protocol's rounds it is computed once on the whole split."
     )
     out.append("")
+
+    # headline
+    protocols = doc.get("protocols", {})
+    head_protocol = "tuned" if "tuned" in protocols else next(iter(protocols), None)
+    if head_protocol:
+        rows = []
+        for model, per_protocol in doc["models"].items():
+            res = per_protocol.get(head_protocol, {}).get("overall") or {}
+            r, pt = res.get("rounds", {}), res.get("point", {})
+            rows.append(
+                [_label(model, labels), _fmt(res.get("threshold"), 2)]
+                + [
+                    _ms(r.get(m), 1 if m == "n_med" else 3)
+                    for m in ("prauc", "jaccard", "f1", "n_med")
+                ]
+                + [_fmt(pt.get("ddi_rate"))]
+            )
+        out += [
+            f"## Headline: every model on the same test split (protocol `{head_protocol}`, overall)",
+            "",
+            _md_table(
+                ["model", "threshold", "PRAUC", "Jaccard", "F1", "#MED", "DDI (pooled)"], rows
+            ),
+            "",
+        ]
 
     # comparison tables
     out += ["## Comparison (test split, all samples)", ""]
@@ -502,10 +537,18 @@ def plot_efficiency(efficiency: Mapping[str, Any] | None, gpu: Mapping[str, Any]
     for _, r in bars:
         peak = (r.get("peak_memory_bytes") or {}).get(str(big), 0) or 0
         mem.append(((r.get("weight_bytes") or 0) + peak) / 2**20)
+
+    def ratio(values, higher_is_better):
+        if len(values) < 2 or not (values[0] > 0 and values[1] > 0):
+            return ""
+        r = values[1] / values[0] if higher_is_better else values[0] / values[1]
+        better = "higher" if higher_is_better else "lower"
+        return f"\n(student {r:.0f}x {better} than {names[0].split(chr(10))[0]} on {bars[0][1].get('device', '')})"
+
     for ax, values, title, unit in (
-        (axes[0], lat, "Latency per sample, batch 1 (p50)", "ms"),
-        (axes[1], thr, f"Throughput, batch {big}", "samples / s"),
-        (axes[2], mem, f"Memory: weights + peak growth, batch {big}", "MiB"),
+        (axes[0], lat, "Latency per sample, batch 1 (p50)" + ratio(lat, False), "ms"),
+        (axes[1], thr, f"Throughput, batch {big}" + ratio(thr, True), "samples / s"),
+        (axes[2], mem, f"Memory: weights + peak growth, batch {big}" + ratio(mem, False), "MiB"),
     ):
         ax.bar(range(len(values)), values, color=colors)
         ax.set_yscale("log")

