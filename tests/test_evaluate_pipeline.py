@@ -47,10 +47,10 @@ def _pred(samples, vocab, seed, noise):
 def run_outputs(tmp_path_factory):
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
+    from test_efficiency import tiny_teacher
 
     from leader_kedro.pipelines.evaluate import create_pipeline
     from leader_kedro.student import LeaderStudent, StudentBundle, make_config
-    from test_efficiency import tiny_teacher
 
     c = make_tiny_cohort(n_patients=60, seed=5)
     vocab = c["vocab"]

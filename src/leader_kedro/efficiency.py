@@ -182,7 +182,10 @@ def measure_one(
 
 
 def ratios(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, float | None]:
-    """Teacher/student for costs (latency, memory, parameters), student/teacher for throughput."""
+    """Teacher/student for costs (latency, memory, parameters), student/teacher for throughput.
+
+    Memory ratios compare weights + peak growth during one batch (what the process needs to serve).
+    """
 
     def div(a, b):
         return float(a / b) if a is not None and b not in (None, 0) else None
@@ -196,8 +199,10 @@ def ratios(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, float 
     for bs, value in student["throughput"].items():
         out[f"throughput_b{bs}"] = div(value, teacher["throughput"].get(bs))
     for bs, value in teacher["peak_memory_bytes"].items():
-        # memory growth can be ~0 for a tiny student on CPU; floor at 1 KiB to keep a finite ratio
-        out[f"peak_memory_b{bs}"] = div(value, max(student["peak_memory_bytes"].get(bs, 0), 1024))
+        # resident weights + peak growth during one batch: RSS growth of a tiny student is often 0
+        t_total = (teacher.get("weight_bytes") or 0) + value
+        s_total = (student.get("weight_bytes") or 0) + student["peak_memory_bytes"].get(bs, 0)
+        out[f"peak_memory_b{bs}"] = div(t_total, max(s_total, 1024))
     return out
 
 
@@ -211,6 +216,8 @@ def measure(
     throughput_samples: int = 256,
     warmup: int = 3,
     num_threads: int | None = None,
+    teacher_threads: int | None = None,
+    student_threads: int | None = None,
 ) -> dict[str, Any]:
     """Measure the teacher (``TeacherBundle.predict_proba`` on prompt texts) and the student
     (``StudentBundle.predict_proba`` on sample rows) on the same test samples; see the module doc."""
@@ -218,6 +225,9 @@ def measure(
 
     if num_threads:
         torch.set_num_threads(int(num_threads))
+    default_threads = torch.get_num_threads()
+    t_threads = int(teacher_threads or default_threads)
+    s_threads = int(student_threads or default_threads)
     if "prompt" not in prompts_test.columns:
         raise ValueError("prompts_test: column 'prompt' is missing (expected the prompts contract)")
     ids_p = prompts_test["sample_id"].astype(str).tolist()
@@ -232,6 +242,7 @@ def measure(
     t_dev = _device_of(teacher_bundle.model)
     s_dev = _device_of(student_bundle.module)
     with torch.inference_mode():
+        torch.set_num_threads(t_threads)
         teacher = measure_one(
             "teacher",
             lambda idx, bs: teacher_bundle.predict_proba([texts[i] for i in idx], batch_size=bs),
@@ -244,6 +255,7 @@ def measure(
             warmup,
             weight_bytes(teacher_bundle.model),
         )
+        torch.set_num_threads(s_threads)
         student = measure_one(
             "student",
             lambda idx, bs: student_bundle.predict_proba(samples_test.iloc[idx], batch_size=bs),
@@ -256,6 +268,8 @@ def measure(
             warmup,
             weight_bytes(student_bundle.module),
         )
+    torch.set_num_threads(default_threads)
+    teacher["torch_threads"], student["torch_threads"] = t_threads, s_threads
     backbone = getattr(teacher_bundle, "config", {}).get("backbone", "teacher")
     return {
         "teacher": teacher,
@@ -263,7 +277,7 @@ def measure(
         "ratios": ratios(teacher, student),
         "same_device": t_dev == s_dev,
         "teacher_backbone": backbone,
-        "torch_threads": int(torch.get_num_threads()),
+        "torch_threads": {"teacher": t_threads, "student": s_threads},
         "batch_sizes": [int(b) for b in batch_sizes],
         "test_samples": n,
     }
@@ -274,6 +288,7 @@ def format_table(result: dict[str, Any]) -> str:
     t, s, r = result["teacher"], result["student"], result["ratios"]
     rows = [
         ("device", t["device"], s["device"], ""),
+        ("torch threads", t.get("torch_threads", ""), s.get("torch_threads", ""), ""),
         ("parameters", f"{t['n_parameters']:,}", f"{s['n_parameters']:,}", _x(r["parameters"])),
         (
             "weights (MiB)",
@@ -306,9 +321,17 @@ def format_table(result: dict[str, Any]) -> str:
     for bs in t["peak_memory_bytes"]:
         rows.append(
             (
-                f"peak memory (MiB, {t.get('memory_measure', '')}, batch {bs})",
+                f"peak growth (MiB, {t.get('memory_measure', '')}, batch {bs})",
                 f"{t['peak_memory_bytes'][bs] / 2**20:.1f}",
                 f"{s['peak_memory_bytes'][bs] / 2**20:.2f}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"weights + peak growth (MiB, batch {bs})",
+                _mib((t.get("weight_bytes") or 0) + t["peak_memory_bytes"][bs]),
+                _mib((s.get("weight_bytes") or 0) + s["peak_memory_bytes"][bs]),
                 _x(r.get(f"peak_memory_b{bs}")),
             )
         )
@@ -341,7 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=None)
     parser.add_argument("--throughput-samples", type=int, default=None)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (both)")
+    parser.add_argument("--teacher-threads", type=int, default=None)
+    parser.add_argument("--student-threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = parser.parse_args(list(argv) if argv is not None else None)
@@ -375,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         throughput_samples=args.throughput_samples or params.get("throughput_samples", 256),
         warmup=args.warmup if args.warmup is not None else params.get("warmup", 3),
         num_threads=args.threads or params.get("num_threads"),
+        teacher_threads=args.teacher_threads or params.get("teacher_threads"),
+        student_threads=args.student_threads or params.get("student_threads"),
     )
     print(
         f"teacher backbone: {result['teacher_backbone']}; test samples: {result['test_samples']}; torch threads: {result['torch_threads']}"

@@ -297,7 +297,7 @@ def render_markdown(
 
         out.append(
             f"Same device and test samples; teacher backbone `{efficiency.get('teacher_backbone')}`, "
-            f"torch threads {efficiency.get('torch_threads')}, latency over the first "
+            f"torch threads {_threads(efficiency.get('torch_threads'))}, latency over the first "
             f"{efficiency['teacher'].get('latency_samples')} test samples at batch 1, throughput over "
             f"{efficiency['teacher'].get('throughput_samples')} samples. Memory is the peak growth "
             "during one batch (RSS on CPU, CUDA max allocated on GPU) on top of the loaded weights."
@@ -338,6 +338,12 @@ def render_markdown(
         for title, path in plots.items():
             out += [f"![{title}]({path})", ""]
     return "\n".join(out)
+
+
+def _threads(value) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _gpu_section(gpu: Mapping[str, Any], efficiency: Mapping[str, Any] | None) -> str:
@@ -453,7 +459,7 @@ def plot_metric_by_group(
 def plot_ddi_tradeoff(doc: Mapping[str, Any], labels=None):
     """Jaccard (and masked PRAUC) against pooled DDI rate along the post-processing path."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     post = doc.get("postprocess") or {}
     cmap = plt.get_cmap("tab10")
     models = list(doc["models"])
@@ -501,7 +507,7 @@ def plot_ddi_tradeoff(doc: Mapping[str, Any], labels=None):
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy vs safety: greedy DDI-aware removal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

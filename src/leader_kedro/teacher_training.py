@@ -49,7 +49,7 @@ DEFAULTS = {
         "target_modules": None,
         "layers_to_transform": None,
     },
-    "num_epochs": 3,
+    "num_epochs": 2,
     "max_steps": -1,
     "per_device_batch_size": 16,
     "eval_batch_size": 32,
@@ -158,10 +158,16 @@ def make_collator(pad_id: int):
 def run_signature(
     p: dict, config: dict, train_ids: list[str], train_texts: list[str], val_ids: list[str]
 ) -> str:
-    """Hash of what determines a training run (not its length), naming its checkpoint folder."""
+    """Hash of what determines a training run, naming its checkpoint folder.
+
+    The schedule length is included (the linear decay depends on it), so a run with more or fewer
+    epochs never resumes from another's checkpoints; early-stopping patience is not.
+    """
     keep = {
         k: p[k]
         for k in (
+            "num_epochs",
+            "max_steps",
             "per_device_batch_size",
             "gradient_accumulation_steps",
             "learning_rate",

@@ -103,6 +103,8 @@ def measure_efficiency(
         throughput_samples=int(p.get("throughput_samples", 256)),
         warmup=int(p.get("warmup", 3)),
         num_threads=p.get("num_threads"),
+        teacher_threads=p.get("teacher_threads"),
+        student_threads=p.get("student_threads"),
     )
     logger.info("efficiency:\n%s", efficiency.format_table(result))
     flat = {f"ratio.{k}": v for k, v in result["ratios"].items() if v is not None}
