@@ -24,3 +24,36 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mimic3_demo").is_dir():
         pytest.skip(f"real MIMIC demo data not found at {SHARED_DATA} (expected ../shared/data)")
     return SHARED_DATA
+
+
+def copy_project(dst: Path, tracking: bool = False) -> Path:
+    """A throw-away copy of the project (pyproject + conf; the package itself is installed).
+
+    Session tests run there, so they never overwrite the user's own data/ or mlflow.db.
+    ``tracking=True`` drops the test env's switch that turns kedro-mlflow tracking off.
+    """
+    import shutil
+
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", dst / "pyproject.toml")
+    shutil.copytree(PROJECT_ROOT / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
+    (dst / "conf" / "local").mkdir()
+    (dst / "data").mkdir()
+    (dst / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
+    if tracking:
+        (dst / "conf" / "test" / "mlflow.yml").unlink()
+    return dst
+
+
+@pytest.fixture
+def project_copy():
+    """The ``copy_project`` function, for tests that need tracking on or several copies."""
+    return copy_project
+
+
+@pytest.fixture
+def isolated_project(tmp_path, monkeypatch) -> Path:
+    """A project copy in tmp_path, made the working directory (relative catalog paths land there)."""
+    (tmp_path / "project").mkdir()
+    project = copy_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    return project

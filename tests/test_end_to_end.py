@@ -8,25 +8,12 @@ registry are exercised for real.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _copy_project(dst: Path, tracking: bool) -> Path:
-    shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
-    (dst / "conf" / "local").mkdir()
-    (dst / "data").mkdir()
-    if tracking:  # the test env switches tracking off; switch it back on for this copy
-        (dst / "conf" / "test" / "mlflow.yml").unlink()
-    return dst
 
 
 def _run(project: Path, pipeline: str | None = None, env: str = "test"):
@@ -38,10 +25,10 @@ def _run(project: Path, pipeline: str | None = None, env: str = "test"):
         return session.run(pipeline_name=pipeline)
 
 
-def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeypatch):
+def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeypatch, project_copy):
     from leader_kedro.hooks import MissingArtifactError
 
-    project = _copy_project(tmp_path, tracking=False)
+    project = project_copy(tmp_path, tracking=False)
     monkeypatch.chdir(project)
     with pytest.raises(MissingArtifactError) as excinfo:
         _run(project, "distill")
@@ -52,8 +39,8 @@ def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch):
-    project = _copy_project(tmp_path, tracking=True)
+def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch, project_copy):
+    project = project_copy(tmp_path, tracking=True)
     monkeypatch.chdir(project)
     _run(project)
 
@@ -70,7 +57,9 @@ def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("leader_kedro_test") or client.get_experiment_by_name("leader_kedro")
+    experiment = client.get_experiment_by_name(
+        "leader_kedro_test"
+    ) or client.get_experiment_by_name("leader_kedro")
     runs = client.search_runs([experiment.experiment_id])
     assert runs and any(run.data.params for run in runs)
 
@@ -91,6 +80,8 @@ def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch):
         print(len(out))
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.strip().splitlines()[-1]) > 0

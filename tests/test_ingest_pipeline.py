@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -71,12 +70,12 @@ def test_pipeline_runs_on_an_in_memory_catalog(tmp_path):
     assert total == report["cohort"]["patients"]
 
 
-def test_kedro_session_synthetic_env_test(project_root, tmp_path):
+def test_kedro_session_synthetic_env_test(isolated_project, tmp_path):
     """`kedro run --pipeline=ingest --env test` on the synthetic source, through KedroSession."""
-    pytest.importorskip("leader_kedro.synthetic")
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    project_root = isolated_project
     bootstrap_project(project_root)
     raw = tmp_path / "synthetic"
     extra = {

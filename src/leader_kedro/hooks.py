@@ -22,9 +22,7 @@ class MissingArtifactHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        from kedro.framework.project import pipelines as registered
-
-        producers = _producing_stages(registered)
+        producers = _producing_stages()
         missing = []
         for name in sorted(pipeline.inputs()):
             if name.startswith("params:") or name == "parameters" or name not in producers:
@@ -42,14 +40,21 @@ class MissingArtifactHook:
             )
 
 
-def _producing_stages(registered) -> dict[str, str]:
+def _producing_stages() -> dict[str, str]:
+    """Which stage writes each artifact.
+
+    Built from the stage modules themselves: Kedro 1.7 loads only the requested pipelines
+    into ``kedro.framework.project.pipelines``, so the producers would be invisible there.
+    """
+    import importlib
+
     from leader_kedro.pipeline_registry import STAGES
 
     producers: dict[str, str] = {}
     for stage in STAGES:
-        if stage in registered:
-            for output in registered[stage].all_outputs():
-                producers.setdefault(output, stage)
+        module = importlib.import_module(f"leader_kedro.pipelines.{stage}.pipeline")
+        for output in module.create_pipeline().all_outputs():
+            producers.setdefault(output, stage)
     return producers
 
 
