@@ -14,16 +14,30 @@ DIAGS = ["4019", "42731", "25000", "4280", "5849", "2724", "486", "5990"]
 PROCS = ["3893", "9604", "3615", "966"]
 NAMES = {
     "diagnosis": {
-        "4019": "Hypertension NOS", "42731": "Atrial fibrillation", "25000": "DMII wo cmp nt st uncntr",
-        "4280": "CHF NOS", "5849": "Acute kidney failure NOS", "2724": "Hyperlipidemia NEC/NOS",
-        "486": "Pneumonia, organism NOS", "5990": "Urin tract infection NOS",
+        "4019": "Hypertension NOS",
+        "42731": "Atrial fibrillation",
+        "25000": "DMII wo cmp nt st uncntr",
+        "4280": "CHF NOS",
+        "5849": "Acute kidney failure NOS",
+        "2724": "Hyperlipidemia NEC/NOS",
+        "486": "Pneumonia, organism NOS",
+        "5990": "Urin tract infection NOS",
     },
-    "procedure": {"3893": "Venous cath NEC", "9604": "Insert endotracheal tube", "3615": "1 int mam-cor art bypass", "966": "Entral infus nutrit sub"},
+    "procedure": {
+        "3893": "Venous cath NEC",
+        "9604": "Insert endotracheal tube",
+        "3615": "1 int mam-cor art bypass",
+        "966": "Entral infus nutrit sub",
+    },
     "medication": {
         "A02B": "drugs for peptic ulcer and gastro-oesophageal reflux disease (gord)",
-        "B01A": "antithrombotic agents", "C07A": "beta blocking agents", "C10A": "lipid modifying agents, plain",
-        "N02B": "other analgesics and antipyretics", "J01D": "other beta-lactam antibacterials",
-        "A10A": "insulins and analogues", "C03C": "high-ceiling diuretics",
+        "B01A": "antithrombotic agents",
+        "C07A": "beta blocking agents",
+        "C10A": "lipid modifying agents, plain",
+        "N02B": "other analgesics and antipyretics",
+        "J01D": "other beta-lactam antibacterials",
+        "A10A": "insulins and analogues",
+        "C03C": "high-ceiling diuretics",
     },
 }
 PROFILE = {
@@ -50,22 +64,44 @@ def make_tiny_cohort(n_patients: int = 60, seed: int = 0) -> dict:
             rx = sorted({MEDS[DIAGS.index(d)] for d in dx} | {str(rng.choice(MEDS))})
             visits_dx.append(list(dx)), visits_px.append(list(px)), visits_rx.append(rx)
         hadm = pid * 100 + n_visits
-        rows.append({
-            "sample_id": f"{pid}_{hadm}", "subject_id": pid, "hadm_id": hadm, "n_past": n_visits - 1,
-            "diagnoses": visits_dx, "procedures": visits_px, "medications": visits_rx[:-1],
-            "target": visits_rx[-1], "age": float(rng.integers(20, 90)), **profile,
-        })
+        rows.append(
+            {
+                "sample_id": f"{pid}_{hadm}",
+                "subject_id": pid,
+                "hadm_id": hadm,
+                "n_past": n_visits - 1,
+                "diagnoses": visits_dx,
+                "procedures": visits_px,
+                "medications": visits_rx[:-1],
+                "target": visits_rx[-1],
+                "age": float(rng.integers(20, 90)),
+                **profile,
+            }
+        )
     samples = pd.DataFrame(rows)
     n_train, n_val = int(0.6 * n_patients), int(0.2 * n_patients)
-    tokens = ["[PAD]", "[CLS]", "[MASK]"] + [f"M_{m}" for m in MEDS] + [f"D_{d}" for d in DIAGS] + [f"P_{p}" for p in PROCS]
-    vocab = {"medication": MEDS, "diagnosis": DIAGS, "procedure": PROCS, "tokens": tokens,
-             "profile": PROFILE, "age_bins": [18, 30, 40, 50, 60, 70, 80, 90]}
+    tokens = (
+        ["[PAD]", "[CLS]", "[MASK]"]
+        + [f"M_{m}" for m in MEDS]
+        + [f"D_{d}" for d in DIAGS]
+        + [f"P_{p}" for p in PROCS]
+    )
+    vocab = {
+        "medication": MEDS,
+        "diagnosis": DIAGS,
+        "procedure": PROCS,
+        "tokens": tokens,
+        "profile": PROFILE,
+        "age_bins": [18, 30, 40, 50, 60, 70, 80, 90],
+    }
     ddi = pd.DataFrame(0, index=MEDS, columns=MEDS)
     for a, b in [("B01A", "N02B"), ("C07A", "C03C")]:
         ddi.loc[a, b] = ddi.loc[b, a] = 1
     return {
-        "vocab": vocab, "code_names": NAMES, "ddi_adjacency": ddi,
+        "vocab": vocab,
+        "code_names": NAMES,
+        "ddi_adjacency": ddi,
         "samples_train": samples.iloc[:n_train].reset_index(drop=True),
-        "samples_val": samples.iloc[n_train:n_train + n_val].reset_index(drop=True),
-        "samples_test": samples.iloc[n_train + n_val:].reset_index(drop=True),
+        "samples_val": samples.iloc[n_train : n_train + n_val].reset_index(drop=True),
+        "samples_test": samples.iloc[n_train + n_val :].reset_index(drop=True),
     }
