@@ -26,24 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
-try:  # mlflow is a hard dependency of the project; keep the module importable for docs tools
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object
+from leader_kedro.cohort import PROFILE_FIELDS
 
 logger = logging.getLogger(__name__)
 
 REGISTERED_MODEL_NAME = "leader-student"
-PROFILE_COLUMNS = (
-    "gender",
-    "age",
-    "insurance",
-    "language",
-    "marital_status",
-    "ethnicity",
-    "admission_type",
-)
+# what a patient record may carry besides its codes (all optional: missing -> unknown)
+PROFILE_COLUMNS = (*PROFILE_FIELDS, "age")
 OUTPUT_COLUMNS = ["row", "rank", "atc3", "name", "probability"]
 
 

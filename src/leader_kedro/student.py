@@ -42,15 +42,6 @@ DEFAULT_CONFIG: dict = {
     "teacher_hidden_size": None,
 }
 
-PROFILE_FIELDS_FALLBACK = (
-    "gender",
-    "insurance",
-    "language",
-    "marital_status",
-    "ethnicity",
-    "admission_type",
-)
-
 
 def make_config(vocab: dict, overrides: dict | None = None) -> dict:
     """Complete model config: defaults, overrides, and the sizes read off ``vocab``."""
