@@ -57,3 +57,15 @@ def isolated_project(tmp_path, monkeypatch) -> Path:
     project = copy_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_state_leaks():
+    """A kedro-mlflow session leaves its run and tracking URI in process-global state; reset both
+    after every test so that tests stay independent of their order."""
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
