@@ -61,11 +61,15 @@ def isolated_project(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_mlflow_state_leaks():
-    """A kedro-mlflow session leaves its run and tracking URI in process-global state; reset both
-    after every test so that tests stay independent of their order."""
+    """A kedro-mlflow session leaves its run, its hook's run id and the tracking URI in
+    process-global state; reset them after every test so that tests stay independent of their
+    order. (kedro-mlflow's hook is a process-wide singleton that keeps the last run id even when
+    a later session has tracking off.)"""
     yield
     import mlflow
+    from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
 
+    mlflow_hook.run_id = None
     while mlflow.active_run() is not None:
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
