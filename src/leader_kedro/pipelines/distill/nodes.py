@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def predict_student(
     )
 
 
-def _ablation(
+def train_ablation(
     variant,
     samples_train,
     samples_val,
@@ -86,13 +87,13 @@ def _ablation(
     prompts_train,
     params,
 ):
+    """An ablation student (``variant`` = ``no_kd`` | ``no_align``): its val/test predictions and
+    training history. ``distill.ablations: false`` skips it and writes empty tables."""
     from leader_kedro.student import predictions_frame
 
     if not params.get("ablations", True):
         logger.info("distill.ablations is false: skipping the '%s' student", variant)
-        empty = predictions_frame(
-            [], __import__("numpy").zeros((0, len(vocab["medication"]))), vocab
-        )
+        empty = predictions_frame([], np.zeros((0, len(vocab["medication"]))), vocab)
         return (
             empty,
             empty.copy(),
@@ -114,58 +115,6 @@ def _ablation(
         bundle.predictions_table(samples_val, bs),
         bundle.predictions_table(samples_test, bs),
         history,
-    )
-
-
-def train_student_no_kd(
-    samples_train,
-    samples_val,
-    samples_test,
-    vocab,
-    code_names,
-    teacher_features,
-    teacher_card,
-    prompts_train,
-    params,
-):
-    """Ablation: the same student with feature distillation off."""
-    return _ablation(
-        "no_kd",
-        samples_train,
-        samples_val,
-        samples_test,
-        vocab,
-        code_names,
-        teacher_features,
-        teacher_card,
-        prompts_train,
-        params,
-    )
-
-
-def train_student_no_align(
-    samples_train,
-    samples_val,
-    samples_test,
-    vocab,
-    code_names,
-    teacher_features,
-    teacher_card,
-    prompts_train,
-    params,
-):
-    """Ablation: the same student with profile-medication alignment off."""
-    return _ablation(
-        "no_align",
-        samples_train,
-        samples_val,
-        samples_test,
-        vocab,
-        code_names,
-        teacher_features,
-        teacher_card,
-        prompts_train,
-        params,
     )
 
 

@@ -1,5 +1,7 @@
 """Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations), predict, evaluate, register."""
 
+from functools import partial
+
 from kedro.pipeline import Node, Pipeline
 
 from leader_kedro.pipelines.distill import nodes
@@ -14,6 +16,7 @@ TRAIN_INPUTS = [
     "prompts_train",
     "params:distill",
 ]
+ABLATIONS = ("no_kd", "no_align")  # the same student with distillation / alignment off
 ABLATION_INPUTS = [
     "samples_train",
     "samples_val",
@@ -44,28 +47,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="predict_student",
                 tags=["distill", "inference"],
             ),
-            Node(
-                nodes.train_student_no_kd,
-                ABLATION_INPUTS,
-                [
-                    "student_no_kd_predictions_val",
-                    "student_no_kd_predictions_test",
-                    "student_history_no_kd",
-                ],
-                name="train_student_no_kd",
-                tags=["distill", "training", "ablation"],
-            ),
-            Node(
-                nodes.train_student_no_align,
-                ABLATION_INPUTS,
-                [
-                    "student_no_align_predictions_val",
-                    "student_no_align_predictions_test",
-                    "student_history_no_align",
-                ],
-                name="train_student_no_align",
-                tags=["distill", "training", "ablation"],
-            ),
+            *[
+                Node(
+                    partial(nodes.train_ablation, variant),
+                    ABLATION_INPUTS,
+                    [
+                        f"student_{variant}_predictions_val",
+                        f"student_{variant}_predictions_test",
+                        f"student_history_{variant}",
+                    ],
+                    name=f"train_student_{variant}",
+                    tags=["distill", "training", "ablation"],
+                )
+                for variant in ABLATIONS
+            ],
             Node(
                 nodes.evaluate_students,
                 [
