@@ -1,6 +1,6 @@
 """Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations), predict, evaluate, register."""
 
-from functools import partial
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
@@ -49,7 +49,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             *[
                 Node(
-                    partial(nodes.train_ablation, variant),
+                    update_wrapper(partial(nodes.train_ablation, variant), nodes.train_ablation),
                     ABLATION_INPUTS,
                     [
                         f"student_{variant}_predictions_val",
