@@ -403,12 +403,12 @@ def main(argv=None):
     student = measure_student(args, bundle, samples, device)
     student_cpu = None
     if args.cpu_threads and device != "cpu":
-        previous = torch.get_num_threads()
-        torch.set_num_threads(args.cpu_threads)
+        from leader_kedro.torch_threads import torch_threads
+
         cpu_args = argparse.Namespace(**{**vars(args), "compile": False})
-        student_cpu = measure_student(cpu_args, bundle, samples, "cpu")
+        with torch_threads(args.cpu_threads):
+            student_cpu = measure_student(cpu_args, bundle, samples, "cpu")
         student_cpu["device"] = f"cpu ({args.cpu_threads} threads)"
-        torch.set_num_threads(previous)
     teacher, _ = measure_teacher(args, device)
     gc.collect()
 

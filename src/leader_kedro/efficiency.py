@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leader_kedro.torch_threads import torch_threads
+
 logger = logging.getLogger(__name__)
 
 
@@ -223,9 +225,7 @@ def measure(
     (``StudentBundle.predict_proba`` on sample rows) on the same test samples; see the module doc."""
     import torch
 
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    default_threads = torch.get_num_threads()
+    default_threads = int(num_threads or torch.get_num_threads())
     t_threads = int(teacher_threads or default_threads)
     s_threads = int(student_threads or default_threads)
     if "prompt" not in prompts_test.columns:
@@ -241,8 +241,7 @@ def measure(
     n = len(texts)
     t_dev = _device_of(teacher_bundle.model)
     s_dev = _device_of(student_bundle.module)
-    with torch.inference_mode():
-        torch.set_num_threads(t_threads)
+    with torch.inference_mode(), torch_threads(t_threads):
         teacher = measure_one(
             "teacher",
             lambda idx, bs: teacher_bundle.predict_proba([texts[i] for i in idx], batch_size=bs),
@@ -255,7 +254,7 @@ def measure(
             warmup,
             weight_bytes(teacher_bundle.model),
         )
-        torch.set_num_threads(s_threads)
+    with torch.inference_mode(), torch_threads(s_threads):
         student = measure_one(
             "student",
             lambda idx, bs: student_bundle.predict_proba(samples_test.iloc[idx], batch_size=bs),
@@ -268,7 +267,6 @@ def measure(
             warmup,
             weight_bytes(student_bundle.module),
         )
-    torch.set_num_threads(default_threads)
     teacher["torch_threads"], student["torch_threads"] = t_threads, s_threads
     backbone = getattr(teacher_bundle, "config", {}).get("backbone", "teacher")
     return {

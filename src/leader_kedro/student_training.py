@@ -27,6 +27,7 @@ from leader_kedro.student import (
     predict_proba_encoded,
     student_loss,
 )
+from leader_kedro.torch_threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +179,8 @@ def train_student(
     enc_train = encode_samples(train_samples, vocab, cfg["max_visits"], cfg["max_codes"])
     enc_val = encode_samples(val_samples, vocab, cfg["max_visits"], cfg["max_codes"])
 
-    threads = tr.get("num_threads", 1)
-    previous_threads = torch.get_num_threads()
-    if threads:
-        # the student's ops are tiny: one intra-op thread avoids sync overhead (10x on a busy CPU)
-        torch.set_num_threads(int(threads))
-    try:
+    # the student's ops are tiny: one intra-op thread avoids sync overhead (10x on a busy CPU)
+    with torch_threads(tr.get("num_threads", 1)):
         return _fit(
             cfg,
             enc_train,
@@ -199,8 +196,6 @@ def train_student(
             code_names,
             variant,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _fit(
