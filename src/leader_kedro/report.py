@@ -108,50 +108,73 @@ def render_markdown(
     plots: Mapping[str, str] | None = None,
     targets: Mapping[str, float] | None = None,
 ) -> str:
-    """The whole markdown report."""
-    out: list[str] = ["# LEADER evaluation report", ""]
-    groups = doc.get("groups", {})
-    out.append(
-        f"Test split: {groups.get('overall', {}).get('samples', 'n/a')} samples "
-        f"({groups.get('overall', {}).get('patients', 'n/a')} patients), {doc.get('n_medications')} "
+    """The whole markdown report: one section after another."""
+    out: list[str] = [
+        *_section_title(doc),
+        *_section_dataset(ingest_report),
+        *_section_protocols(doc),
+        *_section_headline(doc, labels),
+        *_section_comparison(doc, labels),
+        *_section_groups(doc, labels),
+        *_section_thresholds(doc, labels),
+        *_section_postprocess(doc, labels),
+        *_section_efficiency(efficiency, targets),
+        *_section_gpu_efficiency(gpu, efficiency),
+        *_section_plots(plots),
+    ]
+    return "\n".join(out)
+
+
+def _section_title(doc: Mapping[str, Any]) -> list[str]:
+    """Title and the one-paragraph description of the test split."""
+    overall = doc.get("groups", {}).get("overall", {})
+    return [
+        "# LEADER evaluation report",
+        "",
+        f"Test split: {overall.get('samples', 'n/a')} samples "
+        f"({overall.get('patients', 'n/a')} patients), {doc.get('n_medications')} "
         f"medications (ATC-3), seed {doc.get('seed')}. All models are evaluated on the same test "
         "samples with the same resampling indices (paired rounds). Intervals are "
-        f"{int(100 * doc.get('ci', 0.95))}% percentile intervals over the rounds."
-    )
-    out.append("")
+        f"{int(100 * doc.get('ci', 0.95))}% percentile intervals over the rounds.",
+        "",
+    ]
 
-    # dataset statistics
-    out += ["## Dataset", ""]
-    if ingest_report:
-        cohort = ingest_report.get("cohort", {})
-        out.append(f"Source: `{ingest_report.get('source', 'n/a')}`.")
+
+def _section_dataset(ingest_report: Mapping[str, Any] | None) -> list[str]:
+    """## Dataset: the cohort statistics and the per-split sample counts of the ingest report."""
+    out = ["## Dataset", ""]
+    if not ingest_report:
+        return [*out, "No ingest report available.", ""]
+    cohort = ingest_report.get("cohort", {})
+    out.append(f"Source: `{ingest_report.get('source', 'n/a')}`.")
+    out.append("")
+    out.append(
+        _md_table(
+            ["statistic", "value"],
+            [[k, _fmt(v) if isinstance(v, float) else v] for k, v in _flatten(cohort).items()],
+        )
+    )
+    samples = ingest_report.get("samples")
+    if isinstance(samples, Mapping) and samples:
         out.append("")
+        keys = sorted({k for v in samples.values() if isinstance(v, Mapping) for k in v})
         out.append(
             _md_table(
-                ["statistic", "value"],
-                [[k, _fmt(v) if isinstance(v, float) else v] for k, v in _flatten(cohort).items()],
+                ["split", *keys],
+                [
+                    [split, *[v.get(k, "") for k in keys]]
+                    for split, v in samples.items()
+                    if isinstance(v, Mapping)
+                ],
             )
         )
-        samples = ingest_report.get("samples")
-        if isinstance(samples, Mapping) and samples:
-            out.append("")
-            keys = sorted({k for v in samples.values() if isinstance(v, Mapping) for k in v})
-            out.append(
-                _md_table(
-                    ["split", *keys],
-                    [
-                        [split, *[v.get(k, "") for k in keys]]
-                        for split, v in samples.items()
-                        if isinstance(v, Mapping)
-                    ],
-                )
-            )
-    else:
-        out.append("No ingest report available.")
     out.append("")
+    return out
 
-    # protocols
-    out += ["## Protocols", ""]
+
+def _section_protocols(doc: Mapping[str, Any]) -> list[str]:
+    """## Protocols: each evaluation protocol, the ground-truth DDI and how metrics are computed."""
+    out = ["## Protocols", ""]
     for name, proto in doc.get("protocols", {}).items():
         out.append(f"- **{name}**: {proto.get('label', '')}")
     gt = doc.get("ground_truth_ddi")
@@ -168,34 +191,35 @@ def render_markdown(
         "Where DDI is not part of a protocol's rounds it is computed once on the whole split."
     )
     out.append("")
+    return out
 
-    # headline
+
+def _section_headline(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
+    """## Headline: every model, overall, under the `tuned` protocol (else the first); none without protocols."""
     protocols = doc.get("protocols", {})
     head_protocol = "tuned" if "tuned" in protocols else next(iter(protocols), None)
-    if head_protocol:
-        rows = []
-        for model, per_protocol in doc["models"].items():
-            res = per_protocol.get(head_protocol, {}).get("overall") or {}
-            r, pt = res.get("rounds", {}), res.get("point", {})
-            rows.append(
-                [_label(model, labels), _fmt(res.get("threshold"), 2)]
-                + [
-                    _ms(r.get(m), 1 if m == "n_med" else 3)
-                    for m in ("prauc", "jaccard", "f1", "n_med")
-                ]
-                + [_fmt(pt.get("ddi_rate"))]
-            )
-        out += [
-            f"## Headline: every model on the same test split (protocol `{head_protocol}`, overall)",
-            "",
-            _md_table(
-                ["model", "threshold", "PRAUC", "Jaccard", "F1", "#MED", "DDI (pooled)"], rows
-            ),
-            "",
-        ]
+    if not head_protocol:
+        return []
+    rows = []
+    for model, per_protocol in doc["models"].items():
+        res = per_protocol.get(head_protocol, {}).get("overall") or {}
+        r, pt = res.get("rounds", {}), res.get("point", {})
+        rows.append(
+            [_label(model, labels), _fmt(res.get("threshold"), 2)]
+            + [_ms(r.get(m), 1 if m == "n_med" else 3) for m in ("prauc", "jaccard", "f1", "n_med")]
+            + [_fmt(pt.get("ddi_rate"))]
+        )
+    return [
+        f"## Headline: every model on the same test split (protocol `{head_protocol}`, overall)",
+        "",
+        _md_table(["model", "threshold", "PRAUC", "Jaccard", "F1", "#MED", "DDI (pooled)"], rows),
+        "",
+    ]
 
-    # comparison tables
-    out += ["## Comparison (test split, all samples)", ""]
+
+def _section_comparison(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
+    """## Comparison: one table of all metrics per protocol, all test samples."""
+    out = ["## Comparison (test split, all samples)", ""]
     header = [
         "model",
         "threshold",
@@ -207,9 +231,13 @@ def render_markdown(
         out += [f"### Protocol `{name}`", "", f"_{proto.get('label', '')}_", ""]
         out.append(_md_table(header, comparison_rows(doc, name, "overall", labels)))
         out.append("")
+    return out
 
-    # groups
-    out += ["## Groups: single-visit (no history) vs multi-visit patients", ""]
+
+def _section_groups(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
+    """## Groups: group sizes, then PRAUC/Jaccard per group (single- vs multi-visit) per protocol."""
+    groups = doc.get("groups", {})
+    out = ["## Groups: single-visit (no history) vs multi-visit patients", ""]
     out.append(
         _md_table(
             ["group", "samples", "patients"],
@@ -234,94 +262,106 @@ def render_markdown(
             for m in ("PRAUC", "Jaccard")
         ]
         out += [f"Protocol `{name}`:", "", _md_table(head, rows), ""]
+    return out
 
-    # thresholds
-    out += ["## Thresholds tuned on val", ""]
-    out.append(
-        _md_table(
-            ["model", "threshold", "objective", "val score"],
-            [
-                [_label(m, labels), _fmt(t["threshold"], 2), t["objective"], _fmt(t["score"])]
-                for m, t in doc.get("thresholds", {}).items()
-            ],
-        )
+
+def _section_thresholds(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
+    """## Thresholds tuned on val: per model, the threshold, its objective and the val score."""
+    table = _md_table(
+        ["model", "threshold", "objective", "val score"],
+        [
+            [_label(m, labels), _fmt(t["threshold"], 2), t["objective"], _fmt(t["score"])]
+            for m, t in doc.get("thresholds", {}).items()
+        ],
     )
-    out.append("")
+    return ["## Thresholds tuned on val", "", table, ""]
 
-    # ddi post-processing
+
+def _section_postprocess(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
+    """## DDI-aware post-processing: per model, the accuracy/safety curve over DDI targets."""
     post = doc.get("postprocess") or {}
-    out += ["## DDI-aware post-processing (accuracy vs safety)", ""]
-    if post:
-        first = next(iter(post.values()))
-        out.append(f"_{first.get('definition', '')}_")
-        out.append("")
-        for model, res in post.items():
-            rows = [
+    out = ["## DDI-aware post-processing (accuracy vs safety)", ""]
+    if not post:
+        return [*out, "Disabled (`evaluate.ddi_postprocess.enabled: false`).", ""]
+    first = next(iter(post.values()))
+    out.append(f"_{first.get('definition', '')}_")
+    out.append("")
+    for model, res in post.items():
+        rows = [
+            [
+                "none" if r["target"] is None else _fmt(r["target"], 3),
+                r["removed"],
+                _fmt(r["ddi_rate"]),
+                _fmt(r["ddi_rate_per_visit"]),
+                _fmt(r.get("jaccard")),
+                _fmt(r.get("f1")),
+                _fmt(r.get("prauc_masked")),
+                _fmt(r["n_med"], 2),
+            ]
+            for r in res["curve"]
+        ]
+        out += [
+            f"{_label(model, labels)} (threshold {res['threshold']:.2f}, protocol `{res['protocol']}` threshold, all test samples):",
+            "",
+            _md_table(
                 [
-                    "none" if r["target"] is None else _fmt(r["target"], 3),
-                    r["removed"],
-                    _fmt(r["ddi_rate"]),
-                    _fmt(r["ddi_rate_per_visit"]),
-                    _fmt(r.get("jaccard")),
-                    _fmt(r.get("f1")),
-                    _fmt(r.get("prauc_masked")),
-                    _fmt(r["n_med"], 2),
-                ]
-                for r in res["curve"]
-            ]
-            out += [
-                f"{_label(model, labels)} (threshold {res['threshold']:.2f}, protocol `{res['protocol']}` threshold, all test samples):",
-                "",
-                _md_table(
-                    [
-                        "target DDI",
-                        "drugs removed",
-                        "DDI (pooled)",
-                        "DDI (per visit)",
-                        "Jaccard",
-                        "F1",
-                        "PRAUC (removed = 0)",
-                        "#MED",
-                    ],
-                    rows,
-                ),
-                "",
-            ]
-    else:
-        out += ["Disabled (`evaluate.ddi_postprocess.enabled: false`).", ""]
+                    "target DDI",
+                    "drugs removed",
+                    "DDI (pooled)",
+                    "DDI (per visit)",
+                    "Jaccard",
+                    "F1",
+                    "PRAUC (removed = 0)",
+                    "#MED",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    return out
 
-    # efficiency
-    out += ["## Efficiency: teacher vs student", ""]
-    if efficiency:
-        from leader_kedro.efficiency import format_table
 
-        out.append(
-            f"Same device and test samples; teacher backbone `{efficiency.get('teacher_backbone')}`, "
-            f"torch threads {_threads(efficiency.get('torch_threads'))}, latency over the first "
-            f"{efficiency['teacher'].get('latency_samples')} test samples at batch 1, throughput over "
-            f"{efficiency['teacher'].get('throughput_samples')} samples. Memory is the peak growth "
-            "during one batch (RSS on CPU, CUDA max allocated on GPU) on top of the loaded weights."
+def _section_efficiency(
+    efficiency: Mapping[str, Any] | None, targets: Mapping[str, float] | None
+) -> list[str]:
+    """## Efficiency: the CPU teacher-vs-student table and, when set, the throughput target."""
+    out = ["## Efficiency: teacher vs student", ""]
+    if not efficiency:
+        return [*out, "Not measured (`evaluate.efficiency.enabled: false`).", ""]
+    from leader_kedro.efficiency import format_table
+
+    out.append(
+        f"Same device and test samples; teacher backbone `{efficiency.get('teacher_backbone')}`, "
+        f"torch threads {_threads(efficiency.get('torch_threads'))}, latency over the first "
+        f"{efficiency['teacher'].get('latency_samples')} test samples at batch 1, throughput over "
+        f"{efficiency['teacher'].get('throughput_samples')} samples. Memory is the peak growth "
+        "during one batch (RSS on CPU, CUDA max allocated on GPU) on top of the loaded weights."
+    )
+    out += ["", "```", format_table(efficiency), "```", ""]
+    t = (targets or {}).get("cpu_throughput_ratio")
+    if t:
+        r = efficiency["ratios"]
+        figures = ", ".join(
+            f"batch {k[len('throughput_b') :]}: {v:.1f}x"
+            for k, v in r.items()
+            if k.startswith("throughput_b") and v is not None
         )
-        out += ["", "```", format_table(efficiency), "```", ""]
-        t = (targets or {}).get("cpu_throughput_ratio")
-        if t:
-            r = efficiency["ratios"]
-            figures = ", ".join(
-                f"batch {k[len('throughput_b') :]}: {v:.1f}x"
-                for k, v in r.items()
-                if k.startswith("throughput_b") and v is not None
-            )
-            best = max(
-                (v for k, v in r.items() if k.startswith("throughput_b") and v is not None),
-                default=0,
-            )
-            out.append(
-                f"CPU target: student throughput ≥ {t:.0f}x the teacher's — measured {figures} ({'met' if best >= t else 'NOT met'})."
-            )
-            out.append("")
-    else:
-        out += ["Not measured (`evaluate.efficiency.enabled: false`).", ""]
-    out += ["### GPU: 7B-shaped causal teacher vs student", ""]
+        best = max(
+            (v for k, v in r.items() if k.startswith("throughput_b") and v is not None),
+            default=0,
+        )
+        out.append(
+            f"CPU target: student throughput ≥ {t:.0f}x the teacher's — measured {figures} ({'met' if best >= t else 'NOT met'})."
+        )
+        out.append("")
+    return out
+
+
+def _section_gpu_efficiency(
+    gpu: Mapping[str, Any] | None, efficiency: Mapping[str, Any] | None
+) -> list[str]:
+    """### GPU: the figures of ``scripts/gpu_efficiency.py``, or why there are none."""
+    out = ["### GPU: 7B-shaped causal teacher vs student", ""]
     if gpu:
         out.append(_gpu_section(gpu, efficiency))
     else:
@@ -331,13 +371,17 @@ def render_markdown(
             "to include them here."
         )
     out.append("")
+    return out
 
-    # plots
-    if plots:
-        out += ["## Plots", ""]
-        for title, path in plots.items():
-            out += [f"![{title}]({path})", ""]
-    return "\n".join(out)
+
+def _section_plots(plots: Mapping[str, str] | None) -> list[str]:
+    """## Plots: the figure links, when there are any."""
+    if not plots:
+        return []
+    out = ["## Plots", ""]
+    for title, path in plots.items():
+        out += [f"![{title}]({path})", ""]
+    return out
 
 
 def _threads(value) -> str:
