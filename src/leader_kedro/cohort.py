@@ -254,97 +254,21 @@ def build_visits(
 ) -> tuple[pd.DataFrame, dict]:
     """Standard raw tables (mimic.read_raw_tables) + aux mappings -> the ``visits`` table and stats."""
     row_drops: dict[str, int] = {}
-    adm = tables["admissions"]
-    bad = adm["hadm_id"].isna() | adm["subject_id"].isna()
-    row_drops["ADMISSIONS:missing_hadm_or_subject_id"] = int(bad.sum())
-    adm = adm[~bad]
-    dup = adm["hadm_id"].duplicated()
-    row_drops["ADMISSIONS:duplicate_hadm_id"] = int(dup.sum())
-    adm = adm[~dup].copy()
-    adm["subject_id"], adm["hadm_id"] = (
-        adm["subject_id"].astype("int64"),
-        adm["hadm_id"].astype("int64"),
-    )
+    adm = _admission_rows(tables["admissions"], row_drops)
+    rows, mapping = _code_type_rows(tables, aux, p, row_drops)
+    recorded, mapped_meds = _recorded_admissions(rows, tables["prescriptions"])
+    lists, vocab_sizes = _top_k_lists(rows, adm["hadm_id"], p, row_drops)
 
-    dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
-    px = _code_rows(tables["procedures"], row_drops, "PROCEDURES_ICD")
-    meds, med_drops, mapping = map_medications(tables["prescriptions"], aux, p)
-    row_drops.update({f"PRESCRIPTIONS:{k}": v for k, v in med_drops.items()})
-    recorded = {
-        "diagnoses": set(dx["hadm_id"].unique()),
-        "procedures": set(px["hadm_id"].unique()),
-        "medications": set(tables["prescriptions"]["hadm_id"].dropna().unique()),
-    }
-    mapped_meds = set(meds["hadm_id"].unique())
-
-    kept_rows, vocab_sizes = {}, {}
-    for name, rows, k in (
-        ("diagnoses", dx, p.top_k_diagnoses),
-        ("procedures", px, p.top_k_procedures),
-        ("medications", meds, p.top_k_medications),
-    ):
-        keep, kept = top_k_codes(rows, k, p.topk_count)
-        row_drops[f"{name}:code_outside_top_k"] = int(len(rows) - len(kept))
-        orphan = ~kept["hadm_id"].isin(adm["hadm_id"])
-        row_drops[f"{name}:hadm_id_not_in_admissions"] = int(orphan.sum())
-        kept_rows[name] = kept[~orphan]
-        vocab_sizes[name] = int(len(keep))
-    lists = {name: _lists(rows) for name, rows in kept_rows.items()}
-
-    # Drop visits by reason: the first missing code type in required order decides the reason.
-    reason = pd.Series(pd.NA, index=adm["hadm_id"].to_numpy(), dtype="string")
-    for name in p.required_code_types:
-        idx = reason.index
-        has_kept = idx.isin(lists[name].index)
-        has_rec = idx.isin(list(recorded[name]))
-        if name == "medications":
-            has_map = idx.isin(list(mapped_meds))
-            why = np.where(
-                ~has_rec,
-                "no_medications_recorded",
-                np.where(~has_map, "no_medication_mapped_to_atc3", "no_medication_in_top_k"),
-            )
-        else:
-            why = np.where(~has_rec, f"no_{name}_recorded", f"no_{name}_in_top_k")
-        reason = reason.mask(reason.isna() & ~has_kept, pd.Series(why, index=idx, dtype="string"))
+    reason = _drop_reasons(adm["hadm_id"], lists, recorded, mapped_meds, p.required_code_types)
     visit_drops = {str(k): int(v) for k, v in reason.value_counts().items()}
     adm = adm[reason.isna().to_numpy()]
-
-    visits = adm.copy()
-    for name in CODE_TYPES:
-        visits[name] = visits["hadm_id"].map(lists[name])
-        empty = visits[name].isna()
-        if empty.any():
-            visits.loc[empty, name] = pd.Series(
-                [[] for _ in range(int(empty.sum()))], index=visits.index[empty], dtype=object
-            )
+    visits = _join_code_lists(adm, lists)
 
     patient_drops: dict[str, int] = {}
     n_before = visits["subject_id"].nunique()
-    if p.patient_fraction < 1:
-        subjects = np.sort(visits["subject_id"].unique())
-        rng = np.random.default_rng(p.seed)
-        chosen = rng.choice(
-            subjects, size=max(1, int(round(p.patient_fraction * len(subjects)))), replace=False
-        )
-        out = ~visits["subject_id"].isin(chosen)
-        patient_drops["not_sampled_patient_fraction"] = int(visits.loc[out, "subject_id"].nunique())
-        visit_drops["not_sampled_patient_fraction"] = int(out.sum())
-        visits = visits[~out]
-
-    order = (
-        ["subject_id", "admittime", "hadm_id"]
-        if p.visit_order == "admittime"
-        else ["subject_id", "hadm_id"]
-    )
-    visits = visits.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
-    visits["visit_index"] = visits.groupby("subject_id").cumcount().astype("int64")
-    n_visits = visits.groupby("subject_id")["hadm_id"].transform("size")
-    low = n_visits < p.min_visits
-    patient_drops["below_min_visits"] = int(visits.loc[low, "subject_id"].nunique())
-    visit_drops["patient_below_min_visits"] = int(low.sum())
-    visits = visits[~low].reset_index(drop=True)
-
+    visits = _sample_patients(visits, p, patient_drops, visit_drops)
+    visits = _order_visits(visits, p.visit_order)
+    visits = _drop_below_min_visits(visits, p.min_visits, patient_drops, visit_drops)
     patients_lost = int(
         tables["admissions"]["subject_id"].nunique() - visits["subject_id"].nunique()
     )
@@ -355,24 +279,7 @@ def build_visits(
             "ingest.min_visits, the top-k parameters and the mapping files."
         )
 
-    age, n_capped = admission_age(visits, tables["patients"], p.age_cap)
-    pat = tables["patients"].drop_duplicates("subject_id").set_index("subject_id")
-    visits["gender"] = visits["subject_id"].map(pat["gender"])
-    visits["age"] = age.to_numpy()
-    for col in PROFILE_FIELDS:
-        visits[col] = visits[col].astype("string").fillna("unknown").astype(str)
-    cols = [
-        "subject_id",
-        "hadm_id",
-        "admittime",
-        "visit_index",
-        *CODE_TYPES,
-        "gender",
-        "age",
-        *PROFILE_FIELDS[1:],
-    ]
-    visits = visits[cols]
-    visits["admittime"] = visits["admittime"].astype("datetime64[us]")
+    visits, n_capped = _add_profile(visits, tables["patients"], p.age_cap)
     stats = {
         "mapping": mapping,
         "rows_dropped": row_drops,
@@ -389,6 +296,171 @@ def build_visits(
         "patients_before_patient_filters": int(n_before),
     }
     return visits, stats
+
+
+def _admission_rows(adm: pd.DataFrame, row_drops: dict) -> pd.DataFrame:
+    """ADMISSIONS without rows missing an id or repeating a hadm_id; ids as int64."""
+    bad = adm["hadm_id"].isna() | adm["subject_id"].isna()
+    row_drops["ADMISSIONS:missing_hadm_or_subject_id"] = int(bad.sum())
+    adm = adm[~bad]
+    dup = adm["hadm_id"].duplicated()
+    row_drops["ADMISSIONS:duplicate_hadm_id"] = int(dup.sum())
+    adm = adm[~dup].copy()
+    adm["subject_id"], adm["hadm_id"] = (
+        adm["subject_id"].astype("int64"),
+        adm["hadm_id"].astype("int64"),
+    )
+    return adm
+
+
+def _code_type_rows(
+    tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams, row_drops: dict
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """(subject_id, hadm_id, code) rows per code type (medications mapped to ATC3), mapping stats."""
+    dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
+    px = _code_rows(tables["procedures"], row_drops, "PROCEDURES_ICD")
+    meds, med_drops, mapping = map_medications(tables["prescriptions"], aux, p)
+    row_drops.update({f"PRESCRIPTIONS:{k}": v for k, v in med_drops.items()})
+    return {"diagnoses": dx, "procedures": px, "medications": meds}, mapping
+
+
+def _recorded_admissions(
+    rows: dict[str, pd.DataFrame], prescriptions: pd.DataFrame
+) -> tuple[dict[str, set], set]:
+    """hadm_ids with any row of each code type (before top-k), and those with a mapped medication."""
+    recorded = {
+        "diagnoses": set(rows["diagnoses"]["hadm_id"].unique()),
+        "procedures": set(rows["procedures"]["hadm_id"].unique()),
+        "medications": set(prescriptions["hadm_id"].dropna().unique()),
+    }
+    return recorded, set(rows["medications"]["hadm_id"].unique())
+
+
+def _top_k_lists(
+    rows: dict[str, pd.DataFrame], adm_ids: pd.Series, p: IngestParams, row_drops: dict
+) -> tuple[dict[str, pd.Series], dict[str, int]]:
+    """Top-k codes per type, rows of known admissions only -> (hadm_id -> code list, vocab sizes)."""
+    top_k = {
+        "diagnoses": p.top_k_diagnoses,
+        "procedures": p.top_k_procedures,
+        "medications": p.top_k_medications,
+    }
+    kept_rows, vocab_sizes = {}, {}
+    for name in CODE_TYPES:
+        keep, kept = top_k_codes(rows[name], top_k[name], p.topk_count)
+        row_drops[f"{name}:code_outside_top_k"] = int(len(rows[name]) - len(kept))
+        orphan = ~kept["hadm_id"].isin(adm_ids)
+        row_drops[f"{name}:hadm_id_not_in_admissions"] = int(orphan.sum())
+        kept_rows[name] = kept[~orphan]
+        vocab_sizes[name] = int(len(keep))
+    return {name: _lists(kept) for name, kept in kept_rows.items()}, vocab_sizes
+
+
+def _drop_reasons(
+    adm_ids: pd.Series,
+    lists: dict[str, pd.Series],
+    recorded: dict[str, set],
+    mapped_meds: set,
+    required: list[str],
+) -> pd.Series:
+    """Why each admission is dropped (NA = kept), indexed by hadm_id.
+
+    The first missing code type in required order decides the reason.
+    """
+    reason = pd.Series(pd.NA, index=adm_ids.to_numpy(), dtype="string")
+    for name in required:
+        idx = reason.index
+        has_kept = idx.isin(lists[name].index)
+        has_rec = idx.isin(list(recorded[name]))
+        if name == "medications":
+            has_map = idx.isin(list(mapped_meds))
+            why = np.where(
+                ~has_rec,
+                "no_medications_recorded",
+                np.where(~has_map, "no_medication_mapped_to_atc3", "no_medication_in_top_k"),
+            )
+        else:
+            why = np.where(~has_rec, f"no_{name}_recorded", f"no_{name}_in_top_k")
+        reason = reason.mask(reason.isna() & ~has_kept, pd.Series(why, index=idx, dtype="string"))
+    return reason
+
+
+def _join_code_lists(adm: pd.DataFrame, lists: dict[str, pd.Series]) -> pd.DataFrame:
+    """The admissions with one code-list column per code type ([] where it has none)."""
+    visits = adm.copy()
+    for name in CODE_TYPES:
+        visits[name] = visits["hadm_id"].map(lists[name])
+        empty = visits[name].isna()
+        if empty.any():
+            visits.loc[empty, name] = pd.Series(
+                [[] for _ in range(int(empty.sum()))], index=visits.index[empty], dtype=object
+            )
+    return visits
+
+
+def _sample_patients(
+    visits: pd.DataFrame, p: IngestParams, patient_drops: dict, visit_drops: dict
+) -> pd.DataFrame:
+    """Keep a seeded random ``patient_fraction`` of the patients (everyone at 1.0)."""
+    if p.patient_fraction < 1:
+        subjects = np.sort(visits["subject_id"].unique())
+        rng = np.random.default_rng(p.seed)
+        chosen = rng.choice(
+            subjects, size=max(1, int(round(p.patient_fraction * len(subjects)))), replace=False
+        )
+        out = ~visits["subject_id"].isin(chosen)
+        patient_drops["not_sampled_patient_fraction"] = int(visits.loc[out, "subject_id"].nunique())
+        visit_drops["not_sampled_patient_fraction"] = int(out.sum())
+        visits = visits[~out]
+    return visits
+
+
+def _order_visits(visits: pd.DataFrame, visit_order: str) -> pd.DataFrame:
+    """Sort by patient then admittime (or hadm_id) and number the visits inside each patient."""
+    order = (
+        ["subject_id", "admittime", "hadm_id"]
+        if visit_order == "admittime"
+        else ["subject_id", "hadm_id"]
+    )
+    visits = visits.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
+    visits["visit_index"] = visits.groupby("subject_id").cumcount().astype("int64")
+    return visits
+
+
+def _drop_below_min_visits(
+    visits: pd.DataFrame, min_visits: int, patient_drops: dict, visit_drops: dict
+) -> pd.DataFrame:
+    n_visits = visits.groupby("subject_id")["hadm_id"].transform("size")
+    low = n_visits < min_visits
+    patient_drops["below_min_visits"] = int(visits.loc[low, "subject_id"].nunique())
+    visit_drops["patient_below_min_visits"] = int(low.sum())
+    return visits[~low].reset_index(drop=True)
+
+
+def _add_profile(
+    visits: pd.DataFrame, patients: pd.DataFrame, age_cap: float
+) -> tuple[pd.DataFrame, int]:
+    """Gender, capped age and the profile fields ("unknown" when missing), in the contract's
+    column order; returns (visits, number of capped ages)."""
+    age, n_capped = admission_age(visits, patients, age_cap)
+    pat = patients.drop_duplicates("subject_id").set_index("subject_id")
+    visits["gender"] = visits["subject_id"].map(pat["gender"])
+    visits["age"] = age.to_numpy()
+    for col in PROFILE_FIELDS:
+        visits[col] = visits[col].astype("string").fillna("unknown").astype(str)
+    cols = [
+        "subject_id",
+        "hadm_id",
+        "admittime",
+        "visit_index",
+        *CODE_TYPES,
+        "gender",
+        "age",
+        *PROFILE_FIELDS[1:],
+    ]
+    visits = visits[cols]
+    visits["admittime"] = visits["admittime"].astype("datetime64[us]")
+    return visits, n_capped
 
 
 # --------------------------------------------------------------------------------------------

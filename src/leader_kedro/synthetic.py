@@ -20,6 +20,7 @@ import math
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,109 +177,267 @@ def drug_catalog() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # the simulation
 # --------------------------------------------------------------------------------------------
+# Each step below draws from the one shared generator; `_simulate` calls them in a fixed order, so
+# the draws (and the cohort) depend only on the seed. Reordering two steps changes the cohort.
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Lookups into the knowledge table: conditions by kind, code -> position in its code list."""
+
+    conds: list[dict]
+    chronic: list[int]  # condition indices
+    acute: list[int]
+    name_to_i: dict[str, int]
+    ch_pos: dict[int, int]  # condition index -> column in the [patients, chronic] arrays
+    dx_codes: list[str]
+    px_codes: list[str]
+    atc3s: list[str]
+    dx_i: dict[str, int]
+    px_i: dict[str, int]
+    atc_i: dict[str, int]
+
+
+@dataclass
+class _Patients:
+    """Per-patient draws: profile and chronic conditions."""
+
+    n: int
+    female: np.ndarray
+    eth: np.ndarray  # index into ETH_GROUPS
+    age0: np.ndarray  # age at the first admission
+    frailty: np.ndarray
+    present0: np.ndarray  # [n, chronic] present at the first admission
+    onset: np.ndarray  # [n, chronic] visit index of the onset (0 = present at the first)
+    burden: np.ndarray  # number of chronic conditions present at the first admission
+
+
+@dataclass
+class _Visits:
+    """Per-admission arrays, sorted by patient then visit index (V admissions in all)."""
+
+    V: int
+    pat: np.ndarray  # patient of each admission
+    vidx: np.ndarray  # 0-based visit index inside the patient
+    t0: np.ndarray  # [n] first admission time (seconds), before the admit-hour jitter
+    active: np.ndarray  # [V, conditions]
+    primary: np.ndarray  # primary (acute) condition
+    severity: np.ndarray
+    admit: np.ndarray
+    disch: np.ndarray
+    age_v: np.ndarray  # age at admission
+
+
+@dataclass
+class _Outcomes:
+    last: np.ndarray  # [V] the patient's last admission
+    hosp_death: np.ndarray  # [V] died in hospital (only at the last admission)
+    died_later: np.ndarray  # [n] died after the last discharge
+    discharge: pa.Array  # DISCHARGE_LOCATION
+
+
+@dataclass
+class _Prescriptions:
+    visit: np.ndarray  # admission of each PRESCRIPTIONS row
+    item: np.ndarray  # drug catalogue row (n_items + k for the k-th NDC-0 item)
+    icustay: np.ndarray  # [V] ICU stay id of each admission
+    icu_null: np.ndarray  # ICUSTAY_ID left empty
+    start: np.ndarray
+    end: np.ndarray
+
+
 def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
+    _check_args(n_patients, seed)
+    rng = np.random.default_rng(int(seed))
+    ix = _knowledge_index()
+    pts = _simulate_patients(rng, ix, int(n_patients))
+    vis = _simulate_visits(rng, ix, pts)
+    adm_type, profile = _admission_profile(rng, ix, pts, vis)
+    outcomes = _outcomes(rng, pts, vis)
+    diag = _diagnoses(rng, ix, pts.n, vis)
+    proc = _procedures(rng, ix, vis)
+    mv, ma, no_rx = _medication_classes(rng, ix, pts.n, vis)
+    cat = drug_catalog()["items"]
+    rx = _simulate_prescriptions(rng, ix, cat, vis, mv, ma, no_rx)
+    subject_id, hadm_id = _identifiers(rng, pts.n, vis.V)
+    v_subject = subject_id[vis.pat]
+    # built in this order (each draws from rng), listed in the MIMIC order below
+    presc = _prescriptions_table(rng, cat, rx, v_subject, hadm_id)
+    admissions = _admissions_table(rng, ix, vis, adm_type, profile, outcomes, v_subject, hadm_id)
+    patients = _patients_table(rng, pts, vis, outcomes, subject_id)
+    tables = {
+        "PATIENTS": patients,
+        "ADMISSIONS": admissions,
+        "DIAGNOSES_ICD": _code_table(diag, ix.dx_codes, v_subject, hadm_id),
+        "PROCEDURES_ICD": _code_table(proc, ix.px_codes, v_subject, hadm_id),
+        "PRESCRIPTIONS": presc,
+        "D_ICD_DIAGNOSES": _icd_dictionary(K.DIAGNOSES),
+        "D_ICD_PROCEDURES": _icd_dictionary(K.PROCEDURES),
+    }
+    tables.update(_aux_tables(cat))
+    return tables
+
+
+def _check_args(n_patients: int, seed: int) -> None:
     if not isinstance(n_patients, (int, np.integer)) or n_patients < 1:
         raise ValueError(f"synthetic.n_patients must be a positive integer, got {n_patients!r}")
     if not isinstance(seed, (int, np.integer)):
         raise ValueError(f"synthetic.seed must be an integer, got {seed!r}")
-    rng = np.random.default_rng(int(seed))
-    n = int(n_patients)
+
+
+def _knowledge_index() -> _Index:
     conds = K.CONDITIONS
     chronic = [i for i, c in enumerate(conds) if c["kind"] == "chronic"]
-    acute = [i for i, c in enumerate(conds) if c["kind"] == "acute"]
-    name_to_i = {c["name"]: i for i, c in enumerate(conds)}
-    ch_pos = {ci: j for j, ci in enumerate(chronic)}
     dx_codes, px_codes, atc3s = list(K.DIAGNOSES), list(K.PROCEDURES), list(K.ATC3)
-    dx_i = {c: i for i, c in enumerate(dx_codes)}
-    px_i = {c: i for i, c in enumerate(px_codes)}
-    atc_i = {c: i for i, c in enumerate(atc3s)}
+    return _Index(
+        conds=conds,
+        chronic=chronic,
+        acute=[i for i, c in enumerate(conds) if c["kind"] == "acute"],
+        name_to_i={c["name"]: i for i, c in enumerate(conds)},
+        ch_pos={ci: j for j, ci in enumerate(chronic)},
+        dx_codes=dx_codes,
+        px_codes=px_codes,
+        atc3s=atc3s,
+        dx_i={c: i for i, c in enumerate(dx_codes)},
+        px_i={c: i for i, c in enumerate(px_codes)},
+        atc_i={c: i for i, c in enumerate(atc3s)},
+    )
 
-    # ---- patients -------------------------------------------------------------------------
+
+# ---- patients -------------------------------------------------------------------------------
+def _profile_logit(c: dict, age: np.ndarray, female: np.ndarray, eth: np.ndarray) -> np.ndarray:
+    """Age, sex and ethnicity log-odds of condition `c` (female and eth aligned with age)."""
+    out = c["age"] * (age - 65.0) / 10.0
+    fo = c["female"]
+    out = out + np.where(female, math.log(fo) if fo > 0 else -np.inf, 0.0)
+    eth_or = np.array([math.log(c.get("eth", {}).get(g, 1.0)) for g in ETH_GROUPS])
+    return out + eth_or[eth]
+
+
+def _simulate_patients(rng: np.random.Generator, ix: _Index, n: int) -> _Patients:
     female = rng.random(n) < 0.44
     eth = _choice(rng, list(K.ETHNICITY_GROUP_SHARE.values()), n)
     age0 = 18.0 + 77.0 * rng.beta(2.6, 1.6, n)
     frailty = rng.normal(0.0, 1.0, n)
+    present0, onset = _chronic_conditions(rng, ix, female, eth, age0, frailty)
+    return _Patients(n, female, eth, age0, frailty, present0, onset, present0.sum(axis=1))
 
-    def profile_logit(c: dict, age: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-        f = female if idx is None else female[idx]
-        e = eth if idx is None else eth[idx]
-        out = c["age"] * (age - 65.0) / 10.0
-        fo = c["female"]
-        out = out + np.where(f, math.log(fo) if fo > 0 else -np.inf, 0.0)
-        eth_or = np.array([math.log(c.get("eth", {}).get(g, 1.0)) for g in ETH_GROUPS])
-        return out + eth_or[e]
 
-    # chronic conditions: present at first admission, or onset at a later admission
-    onset = np.full((n, len(chronic)), 10_000, dtype=np.int32)
-    present0 = np.zeros((n, len(chronic)), dtype=bool)
-    order = []
-    pending = list(chronic)
-    while pending:  # links point to conditions computed earlier
+def _chronic_order(ix: _Index) -> list[int]:
+    """The chronic conditions ordered so that links point to conditions computed earlier."""
+    order: list[int] = []
+    pending = list(ix.chronic)
+    while pending:
         for ci in pending:
-            if all(name_to_i[k] in order for k in conds[ci].get("link", {})):
+            if all(ix.name_to_i[k] in order for k in ix.conds[ci].get("link", {})):
                 order.append(ci)
                 pending.remove(ci)
                 break
         else:
             raise ValueError("knowledge.CONDITIONS: circular chronic links")
-    p_chronic = np.zeros((n, len(chronic)))
-    for ci in order:
-        c, j = conds[ci], ch_pos[ci]
-        lg = _logit(c["prev"]) + profile_logit(c, age0) + 0.45 * frailty
+    return order
+
+
+def _chronic_conditions(rng, ix: _Index, female, eth, age0, frailty):
+    """Chronic conditions: present at the first admission, or onset at a later admission.
+
+    Returns (present0 [n, chronic], onset [n, chronic] = visit index of the onset).
+    """
+    n = age0.size
+    present0 = np.zeros((n, len(ix.chronic)), dtype=bool)
+    p_chronic = np.zeros((n, len(ix.chronic)))
+    for ci in _chronic_order(ix):
+        c, j = ix.conds[ci], ix.ch_pos[ci]
+        lg = _logit(c["prev"]) + _profile_logit(c, age0, female, eth) + 0.45 * frailty
         for other, orr in c.get("link", {}).items():
-            lg = lg + math.log(orr) * present0[:, ch_pos[name_to_i[other]]]
+            lg = lg + math.log(orr) * present0[:, ix.ch_pos[ix.name_to_i[other]]]
         p = _sigmoid(lg)
         p_chronic[:, j] = p
         present0[:, j] = rng.random(n) < p
     later = rng.geometric(np.clip(0.12 * p_chronic, 1e-4, 1.0)).astype(np.int32)
-    onset = np.where(present0, 0, later)
+    return present0, np.where(present0, 0, later)
 
-    # number of admissions: ~70% single; chronic burden and frailty raise readmission
-    burden = present0.sum(axis=1)
-    p_multi = _sigmoid(MULTI_VISIT_BASE_LOGIT + 0.2 * (burden - 3.0) + 0.35 * frailty)
-    extra = np.where(rng.random(n) < p_multi, np.minimum(rng.geometric(0.5, n), 40), 0)
-    n_visits = 1 + extra
-    V = int(n_visits.sum())
-    pat = np.repeat(np.arange(n), n_visits)
+
+# ---- admissions: count, timing, conditions ----------------------------------------------------
+def _simulate_visits(rng: np.random.Generator, ix: _Index, pts: _Patients) -> _Visits:
+    n_visits = _visit_counts(rng, pts)
+    pat = np.repeat(np.arange(pts.n), n_visits)
     vidx = _rank_within(pat)
-    first_visit = vidx == 0
+    t0, cum_gap, start_of = _visit_gaps(rng, n_visits, vidx == 0)
+    # primary reason (needs age at the visit; approximate with the age at the first visit plus
+    # the cumulative gap, LOS is added afterwards and is small by comparison)
+    age_approx = pts.age0[pat] + cum_gap / YEAR
+    active = _chronic_active(ix, pts, pat, vidx)
+    primary = _primary_reason(rng, ix, active, age_approx, pts.female[pat], pts.eth[pat])
+    severity = _acute_active(rng, ix, active, primary)
+    admit, disch = _admission_times(rng, t0, pat, cum_gap, start_of, severity)
+    age_v = pts.age0[pat] + (admit - t0[pat]) / YEAR
+    return _Visits(pat.size, pat, vidx, t0, active, primary, severity, admit, disch, age_v)
 
-    # ---- visit times ----------------------------------------------------------------------
+
+def _visit_counts(rng: np.random.Generator, pts: _Patients) -> np.ndarray:
+    """Number of admissions: ~70% single; chronic burden and frailty raise readmission."""
+    n = pts.n
+    p_multi = _sigmoid(MULTI_VISIT_BASE_LOGIT + 0.2 * (pts.burden - 3.0) + 0.35 * pts.frailty)
+    extra = np.where(rng.random(n) < p_multi, np.minimum(rng.geometric(0.5, n), 40), 0)
+    return 1 + extra
+
+
+def _visit_gaps(rng: np.random.Generator, n_visits: np.ndarray, first_visit: np.ndarray):
+    """First admission time per patient and the cumulative gap (seconds) before each admission.
+
+    Returns (t0 [n], cum_gap [V], start_of [V] = position of the patient's first admission).
+    """
+    n, V = n_visits.size, first_visit.size
     t0 = EPOCH_2100 + rng.integers(0, int(100 * YEAR), n)
     t0 = t0 - t0 % 60
     gap = np.where(first_visit, 0.0, (rng.lognormal(math.log(180.0), 1.3, V) + 2.0) * DAY)
-    # primary reason (needs age at the visit; approximate with the age at the first visit plus
-    # the cumulative gap, LOS is added afterwards and is small by comparison)
     cum_gap = np.cumsum(gap)
     start_of = np.repeat(np.cumsum(n_visits) - n_visits, n_visits)
     cum_gap = cum_gap - cum_gap[start_of]
-    age_v = age0[pat] + cum_gap / YEAR
+    return t0, cum_gap, start_of
 
-    active = np.zeros((V, len(conds)), dtype=bool)
-    for ci in chronic:
-        active[:, ci] = onset[pat, ch_pos[ci]] <= vidx
 
-    logits = np.empty((V, len(acute)))
-    for a, ci in enumerate(acute):
-        c = conds[ci]
-        lg = math.log(c["prev"]) + profile_logit(c, age_v, pat)
+def _chronic_active(ix: _Index, pts: _Patients, pat: np.ndarray, vidx: np.ndarray) -> np.ndarray:
+    """[V, conditions] with the chronic conditions present at each admission (acute still off)."""
+    active = np.zeros((pat.size, len(ix.conds)), dtype=bool)
+    for ci in ix.chronic:
+        active[:, ci] = pts.onset[pat, ix.ch_pos[ci]] <= vidx
+    return active
+
+
+def _primary_reason(rng, ix: _Index, active, age_v, female_v, eth_v) -> np.ndarray:
+    """The primary (acute) condition of each admission: a Gumbel-max draw over the log-odds."""
+    logits = np.empty((active.shape[0], len(ix.acute)))
+    for a, ci in enumerate(ix.acute):
+        c = ix.conds[ci]
+        lg = math.log(c["prev"]) + _profile_logit(c, age_v, female_v, eth_v)
         for other, orr in c.get("link", {}).items():
-            lg = lg + math.log(orr) * active[:, name_to_i[other]]
+            lg = lg + math.log(orr) * active[:, ix.name_to_i[other]]
         if "requires" in c:
-            lg = np.where(active[:, name_to_i[c["requires"]]], lg, -np.inf)
+            lg = np.where(active[:, ix.name_to_i[c["requires"]]], lg, -np.inf)
         logits[:, a] = lg
     primary_a = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
-    primary = np.asarray(acute)[primary_a]
-    severity_of = np.array([c.get("severity", 0) for c in conds])
+    return np.asarray(ix.acute)[primary_a]
+
+
+def _acute_active(rng, ix: _Index, active: np.ndarray, primary: np.ndarray) -> np.ndarray:
+    """Switch on the acute conditions (primary + secondary) in `active`; returns the severity."""
+    V = active.shape[0]
+    severity_of = np.array([c.get("severity", 0) for c in ix.conds])
     sev_mult = np.array([0.6, 1.0, 1.7, 2.6])[severity_of[primary]]
-    for ci in acute:
-        c = conds[ci]
+    for ci in ix.acute:
+        c = ix.conds[ci]
         p_sec = c.get("secondary", 0.0) * sev_mult
         if "requires" in c:
-            p_sec = p_sec * active[:, name_to_i[c["requires"]]]
+            p_sec = p_sec * active[:, ix.name_to_i[c["requires"]]]
         active[:, ci] = (primary == ci) | (rng.random(V) < p_sec)
-    severity = np.max(np.where(active, severity_of[None, :], 0), axis=1)
+    return np.max(np.where(active, severity_of[None, :], 0), axis=1)
 
+
+def _admission_times(rng, t0, pat, cum_gap, start_of, severity):
+    """Admit and discharge times (seconds); returns (admit, disch)."""
+    V = pat.size
     los = (rng.lognormal(math.log(3.5), 0.6, V) * (1.0 + 0.45 * severity) + 0.3) * DAY
     admit = t0[pat] + cum_gap.astype(np.int64)
     # add the previous stays' length so admissions never overlap
@@ -288,10 +447,22 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
     admit = admit + rng.integers(0, 24 * 60, V) * 60
     admit = admit - admit % 60
     disch = admit + (los.astype(np.int64) // 60) * 60
-    age_v = age0[pat] + (admit - t0[pat]) / YEAR
+    return admit, disch
 
-    # ---- admission profile ----------------------------------------------------------------
-    elective_p = np.array([c.get("elective", 0.0) for c in conds])[primary]
+
+# ---- admission profile ------------------------------------------------------------------------
+def _admission_profile(rng, ix: _Index, pts: _Patients, vis: _Visits):
+    """Returns (admission type codes [V], the ADMISSIONS profile columns by name)."""
+    adm_type, cols = _admission_type_and_location(rng, ix, vis.primary)
+    cols["INSURANCE"] = _insurance(rng, ix, pts, vis)
+    cols["MARITAL_STATUS"] = _marital_status(rng, ix, pts, vis.pat)
+    cols.update(_ethnicity_language_religion(rng, pts, vis.pat))
+    return adm_type, cols
+
+
+def _admission_type_and_location(rng, ix: _Index, primary: np.ndarray):
+    V = primary.size
+    elective_p = np.array([c.get("elective", 0.0) for c in ix.conds])[primary]
     adm_u = rng.random(V)
     adm_type = np.where(adm_u < elective_p, 0, np.where(rng.random(V) < 0.12, 2, 1))
     adm_types = ["ELECTIVE", "EMERGENCY", "URGENT"]
@@ -299,16 +470,24 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
                   "EMERGENCY ROOM ADMIT", "TRANSFER FROM HOSP/EXTRAM", "TRANSFER FROM SKILLED NUR"]  # fmt: skip
     loc_p = np.array([[0.88, 0.12, 0, 0, 0], [0, 0.12, 0.7, 0.15, 0.03], [0, 0.2, 0, 0.8, 0]])
     adm_loc = _choice_rows(rng, loc_p[adm_type])
+    cols = {
+        "ADMISSION_TYPE": _take(adm_types, adm_type),
+        "ADMISSION_LOCATION": _take(loc_labels, adm_loc),
+    }
+    return adm_type, cols
 
-    # insurance: Medicare from 65 (and for dialysis), Medicaid tied to social risk
+
+def _insurance(rng, ix: _Index, pts: _Patients, vis: _Visits) -> pa.Array:
+    """Insurance: Medicare from 65 (and for dialysis), Medicaid tied to social risk."""
     ins_labels = ["Medicare", "Private", "Medicaid", "Government", "Self Pay"]
-    esrd = active[:, name_to_i["end stage renal disease"]]
+    active = vis.active
+    esrd = active[:, ix.name_to_i["end stage renal disease"]]
     social = (
-        active[:, name_to_i["alcohol dependence"]]
-        | active[:, name_to_i["hiv"]]
-        | active[:, name_to_i["hepatitis c"]]
+        active[:, ix.name_to_i["alcohol dependence"]]
+        | active[:, ix.name_to_i["hiv"]]
+        | active[:, ix.name_to_i["hepatitis c"]]
     )
-    old = age_v >= 65
+    old = vis.age_v >= 65
     ins_p = np.where(
         old[:, None],
         np.array([0.9, 0.07, 0.02, 0.005, 0.005])[None, :],
@@ -316,14 +495,16 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
     ).copy()
     ins_p[~old & esrd, 0] += 0.9
     ins_p[~old & social, 2] += 0.35
-    ins_p[~old & (eth[pat] == ETH_GROUPS.index("HISPANIC")), 2] += 0.15
-    ins_u = rng.random(n)[pat]  # one latent per patient: insurance is stable unless age moves
-    insurance = _choice_rows(rng, ins_p, ins_u)
+    ins_p[~old & (pts.eth[vis.pat] == ETH_GROUPS.index("HISPANIC")), 2] += 0.15
+    ins_u = rng.random(pts.n)[vis.pat]  # one latent per patient: stable unless age moves
+    return _take(ins_labels, _choice_rows(rng, ins_p, ins_u))
 
-    # marital status by age at first admission (stable per patient)
+
+def _marital_status(rng, ix: _Index, pts: _Patients, pat: np.ndarray) -> pa.Array:
+    """Marital status by age at first admission (stable per patient), missing for ~5%."""
     mar_labels = ["MARRIED", "SINGLE", "WIDOWED", "DIVORCED", "SEPARATED", "LIFE PARTNER",
                   "UNKNOWN (DEFAULT)"]  # fmt: skip
-    age_band = np.digitize(age0, [30, 65, 80])
+    age_band = np.digitize(pts.age0, [30, 65, 80])
     mar_p = np.array(
         [
             [0.15, 0.8, 0.0, 0.02, 0.01, 0.015, 0.005],
@@ -332,13 +513,17 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
             [0.33, 0.08, 0.52, 0.05, 0.005, 0.0, 0.015],
         ]
     )[age_band].copy()
-    alcohol0 = present0[:, ch_pos[name_to_i["alcohol dependence"]]]
+    alcohol0 = pts.present0[:, ix.ch_pos[ix.name_to_i["alcohol dependence"]]]
     mar_p[alcohol0, 1] += 0.25
     mar_p[alcohol0, 3] += 0.15
     marital = _choice_rows(rng, mar_p)
-    marital_missing = rng.random(n) < 0.05
+    marital_missing = rng.random(pts.n) < 0.05
+    return _take(mar_labels, marital[pat], marital_missing[pat])
 
-    # ethnicity label, language (missing for ~25%), religion
+
+def _ethnicity_language_religion(rng, pts: _Patients, pat: np.ndarray) -> dict[str, pa.Array]:
+    """Ethnicity label, language (missing for ~25%), religion: per patient, as visit columns."""
+    n, eth = pts.n, pts.eth
     eth_labels, eth_choice = [], np.zeros(n, dtype=np.int64)
     lang_labels, lang_choice = [], np.zeros(n, dtype=np.int64)
     for g, group in enumerate(ETH_GROUPS):
@@ -351,12 +536,20 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         lang_labels += [lab for lab, _ in lopts]
     lang_missing = rng.random(n) < 0.25
     religion = _choice(rng, [w for _, w in K.RELIGIONS], n)
+    return {
+        "LANGUAGE": _take(lang_labels, lang_choice[pat], lang_missing[pat]),
+        "RELIGION": _take([r for r, _ in K.RELIGIONS], religion[pat]),
+        "ETHNICITY": _take(eth_labels, eth_choice[pat]),
+    }
 
-    # ---- outcomes -------------------------------------------------------------------------
+
+# ---- outcomes ---------------------------------------------------------------------------------
+def _outcomes(rng, pts: _Patients, vis: _Visits) -> _Outcomes:
+    pat, severity, age_v = vis.pat, vis.severity, vis.age_v
     last = np.r_[pat[1:] != pat[:-1], True]
     p_die = np.array([0.01, 0.03, 0.09, 0.22])[severity] * np.exp(0.25 * (age_v - 65) / 10)
-    hosp_death = last & (rng.random(V) < p_die)
-    died_later = rng.random(n) < _sigmoid(-1.6 + 0.5 * (age0 - 65) / 10 + 0.3 * burden)
+    hosp_death = last & (rng.random(vis.V) < p_die)
+    died_later = rng.random(pts.n) < _sigmoid(-1.6 + 0.5 * (pts.age0 - 65) / 10 + 0.3 * pts.burden)
     sev_discharge = np.where(age_v > 75, 1, 0) + (severity >= 2)
     dis_labels = ["HOME", "HOME HEALTH CARE", "SNF", "REHAB/DISTINCT PART HOSP",
                   "LONG TERM CARE HOSPITAL", "HOSPICE-HOME", "LEFT AGAINST MEDICAL ADVI", "DEAD/EXPIRED"]  # fmt: skip
@@ -368,22 +561,35 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         ]
     )[sev_discharge]
     discharge = np.where(hosp_death, 7, _choice_rows(rng, dis_p))
+    return _Outcomes(last, hosp_death, died_later, _take(dis_labels, discharge))
 
-    # ---- diagnoses --------------------------------------------------------------------------
+
+# ---- diagnoses and procedures -----------------------------------------------------------------
+def _rare_codes(rng, V: int, rare_codes: list[int], rate: float, rank: int):
+    """Poisson(rate) long-tail codes per admission, Zipf-weighted; returns (visit, code, rank)."""
+    rare = np.array(rare_codes)
+    rows = np.repeat(np.arange(V), rng.poisson(rate, V))
+    zipf = 1.0 / np.arange(1, len(rare) + 1) ** 1.1
+    return rows, rare[_choice(rng, zipf, rows.size)], np.full(rows.size, rank)
+
+
+def _diagnoses(rng, ix: _Index, n: int, vis: _Visits):
+    """DIAGNOSES_ICD as (visit, code, SEQ_NUM): condition codes, their extras, rare codes."""
+    pat, active, primary = vis.pat, vis.active, vis.primary
     d_visit, d_code, d_rank = [], [], []
     chronic_code = {}
-    for ci in chronic:
-        c = conds[ci]
+    for ci in ix.chronic:
+        c = ix.conds[ci]
         chronic_code[ci] = _choice(rng, [w for _, w in c["dx"]], n)
-    for ci, c in enumerate(conds):
+    for ci, c in enumerate(ix.conds):
         is_chronic = c["kind"] == "chronic"
         mask = active[:, ci]
         if is_chronic:
-            mask = mask & (rng.random(V) < CHRONIC_CODED_P)
+            mask = mask & (rng.random(vis.V) < CHRONIC_CODED_P)
         rows = np.flatnonzero(mask)
         if rows.size == 0:
             continue
-        codes = np.array([dx_i[code] for code, _ in c["dx"]])
+        codes = np.array([ix.dx_i[code] for code, _ in c["dx"]])
         pick = _choice(rng, [w for _, w in c["dx"]], rows.size)
         if is_chronic:
             keep = rng.random(rows.size) < 0.85
@@ -397,48 +603,50 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         for code, p in c["dx_extra"]:
             sel = rows[rng.random(rows.size) < p]
             d_visit.append(sel)
-            d_code.append(np.full(sel.size, dx_i[code]))
+            d_code.append(np.full(sel.size, ix.dx_i[code]))
             d_rank.append(np.where(primary[sel] == ci, 1, 3))
-    rare = np.array([dx_i[c] for c in K.RARE_DIAGNOSES])
-    k_rare = rng.poisson(0.8, V)
-    rows = np.repeat(np.arange(V), k_rare)
-    zipf = 1.0 / np.arange(1, len(rare) + 1) ** 1.1
+    rows, codes, ranks = _rare_codes(rng, vis.V, [ix.dx_i[c] for c in K.RARE_DIAGNOSES], 0.8, 4)
     d_visit.append(rows)
-    d_code.append(rare[_choice(rng, zipf, rows.size)])
-    d_rank.append(np.full(rows.size, 4))
-    diag = _finalise_codes(rng, d_visit, d_code, d_rank, len(dx_codes))
+    d_code.append(codes)
+    d_rank.append(ranks)
+    return _finalise_codes(rng, d_visit, d_code, d_rank, len(ix.dx_codes))
 
-    # ---- procedures -----------------------------------------------------------------------
+
+def _procedures(rng, ix: _Index, vis: _Visits):
+    """PROCEDURES_ICD as (visit, code, SEQ_NUM): condition, base, severity and rare procedures."""
+    V, primary = vis.V, vis.primary
     p_visit, p_code, p_rank = [], [], []
-    for ci, c in enumerate(conds):
-        rows = np.flatnonzero(active[:, ci])
+    for ci, c in enumerate(ix.conds):
+        rows = np.flatnonzero(vis.active[:, ci])
         for code, p in c.get("px", {}).items():
             sel = rows[rng.random(rows.size) < p]
             p_visit.append(sel)
-            p_code.append(np.full(sel.size, px_i[code]))
+            p_code.append(np.full(sel.size, ix.px_i[code]))
             p_rank.append(np.where(primary[sel] == ci, 0, 1))
     for code, p in K.BASE_PROCEDURES.items():
         sel = np.flatnonzero(rng.random(V) < p)
         p_visit.append(sel)
-        p_code.append(np.full(sel.size, px_i[code]))
+        p_code.append(np.full(sel.size, ix.px_i[code]))
         p_rank.append(np.full(sel.size, 2))
     for code, ps in K.SEVERITY_PROCEDURES.items():
-        sel = np.flatnonzero(rng.random(V) < np.asarray(ps)[severity])
+        sel = np.flatnonzero(rng.random(V) < np.asarray(ps)[vis.severity])
         p_visit.append(sel)
-        p_code.append(np.full(sel.size, px_i[code]))
+        p_code.append(np.full(sel.size, ix.px_i[code]))
         p_rank.append(np.full(sel.size, 1))
-    rare = np.array([px_i[c] for c in K.RARE_PROCEDURES])
-    rows = np.repeat(np.arange(V), rng.poisson(0.15, V))
-    zipf = 1.0 / np.arange(1, len(rare) + 1) ** 1.1
+    rows, codes, ranks = _rare_codes(rng, V, [ix.px_i[c] for c in K.RARE_PROCEDURES], 0.15, 3)
     p_visit.append(rows)
-    p_code.append(rare[_choice(rng, zipf, rows.size)])
-    p_rank.append(np.full(rows.size, 3))
-    proc = _finalise_codes(rng, p_visit, p_code, p_rank, len(px_codes))
+    p_code.append(codes)
+    p_rank.append(ranks)
+    return _finalise_codes(rng, p_visit, p_code, p_rank, len(ix.px_codes))
 
-    # ---- medication classes per visit -------------------------------------------------------
+
+# ---- medication classes per visit -------------------------------------------------------------
+def _medication_classes(rng, ix: _Index, n: int, vis: _Visits):
+    """ATC3 classes given at each admission; returns (visit, class, no_rx mask [V])."""
+    V, pat = vis.V, vis.pat
     m_visit, m_atc = [], []
-    for ci, c in enumerate(conds):
-        rows = np.flatnonzero(active[:, ci])
+    for ci, c in enumerate(ix.conds):
+        rows = np.flatnonzero(vis.active[:, ci])
         for atc, p in c["meds"].items():
             if c["kind"] == "chronic":  # the patient's regimen, continued at each admission
                 regimen = rng.random(n) < p
@@ -446,34 +654,49 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
             else:
                 sel = rows[rng.random(rows.size) < p]
             m_visit.append(sel)
-            m_atc.append(np.full(sel.size, atc_i[atc]))
+            m_atc.append(np.full(sel.size, ix.atc_i[atc]))
     for atc, p in K.BASE_MEDS.items():
         sel = np.flatnonzero(rng.random(V) < p)
         m_visit.append(sel)
-        m_atc.append(np.full(sel.size, atc_i[atc]))
+        m_atc.append(np.full(sel.size, ix.atc_i[atc]))
     no_rx = rng.random(V) < 0.02  # a few admissions without any PRESCRIPTIONS row, as in MIMIC
-    med = np.zeros((V, len(atc3s)), dtype=bool)
+    med = np.zeros((V, len(ix.atc3s)), dtype=bool)
     med[np.concatenate(m_visit), np.concatenate(m_atc)] = True
     med[no_rx] = False
     mv, ma = np.nonzero(med)
+    return mv, ma, no_rx
 
-    # ---- prescription rows ------------------------------------------------------------------
-    cat = drug_catalog()["items"]
-    n_items = len(cat)
-    drug_of_item = cat["drug"].to_numpy()
-    item_start = np.searchsorted(drug_of_item, np.arange(len(K.DRUGS)))
-    item_count = np.bincount(drug_of_item, minlength=len(K.DRUGS))
-    drug_atc = np.array([atc_i[d[0][:4]] for d in K.DRUGS])
-    drug_pick = np.zeros(mv.size, dtype=np.int64)
-    for a in range(len(atc3s)):
+
+# ---- prescription rows ------------------------------------------------------------------------
+def _simulate_prescriptions(rng, ix: _Index, cat: pd.DataFrame, vis: _Visits, mv, ma, no_rx):
+    r_visit, r_item = _prescription_items(rng, ix, cat, vis.V, mv, ma, no_rx)
+    icustay, icu_null, start, end = _prescription_dates(rng, vis, r_visit)
+    return _Prescriptions(r_visit, r_item, icustay, icu_null, start, end)
+
+
+def _pick_drugs(rng, ix: _Index, drug_atc: np.ndarray, ma: np.ndarray) -> np.ndarray:
+    """One drug per (admission, ATC3 class), Zipf-like over the class's drugs."""
+    drug_pick = np.zeros(ma.size, dtype=np.int64)
+    for a in range(len(ix.atc3s)):
         sel = np.flatnonzero(ma == a)
         drugs = np.flatnonzero(drug_atc == a)
         if sel.size == 0:
             continue
         if drugs.size == 0:
-            raise ValueError(f"knowledge.DRUGS has no drug for ATC3 class {atc3s[a]}")
+            raise ValueError(f"knowledge.DRUGS has no drug for ATC3 class {ix.atc3s[a]}")
         w = 1.0 / np.arange(1, drugs.size + 1) ** 0.8
         drug_pick[sel] = drugs[_choice(rng, w, sel.size)]
+    return drug_pick
+
+
+def _prescription_items(rng, ix: _Index, cat: pd.DataFrame, V: int, mv, ma, no_rx):
+    """PRESCRIPTIONS rows as (visit, catalogue item), sorted by visit; NDC-0 items at the end."""
+    n_items = len(cat)
+    drug_of_item = cat["drug"].to_numpy()
+    item_start = np.searchsorted(drug_of_item, np.arange(len(K.DRUGS)))
+    item_count = np.bincount(drug_of_item, minlength=len(K.DRUGS))
+    drug_atc = np.array([ix.atc_i[d[0][:4]] for d in K.DRUGS])
+    drug_pick = _pick_drugs(rng, ix, drug_atc, ma)
     n_rows = 1 + rng.poisson(0.8, mv.size)
     r_visit = np.repeat(mv, n_rows)
     r_drug = np.repeat(drug_pick, n_rows)
@@ -488,28 +711,39 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
     r_visit = np.concatenate([r_visit, z_visit])
     r_item = np.concatenate([r_item, z_item])
     o = np.argsort(r_visit, kind="stable")
-    r_visit, r_item = r_visit[o], r_item[o]
-    R = r_visit.size
+    return r_visit[o], r_item[o]
 
-    icu = (severity >= 2) | (rng.random(V) < 0.3)
+
+def _prescription_dates(rng, vis: _Visits, r_visit: np.ndarray):
+    """ICU stays and start/end dates; returns (icustay [V], icu_null [R], start [R], end [R])."""
+    V, R = vis.V, r_visit.size
+    icu = (vis.severity >= 2) | (rng.random(V) < 0.3)
     icustay = rng.choice(max(100_000, 2 * V), V, replace=False) + 200_000
-    r_icu_null = ~icu[r_visit] | (rng.random(R) < 0.25)
-    day_of = (admit // DAY) * DAY
-    los_days = np.maximum((disch - day_of) // DAY, 0)
+    icu_null = ~icu[r_visit] | (rng.random(R) < 0.25)
+    day_of = (vis.admit // DAY) * DAY
+    los_days = np.maximum((vis.disch - day_of) // DAY, 0)
     start = day_of[r_visit] + (rng.random(R) * (los_days[r_visit] + 1)).astype(np.int64) * DAY
     end = np.minimum(
         start + rng.integers(1, 6, R) * DAY, day_of[r_visit] + (los_days[r_visit] + 1) * DAY
     )
+    return icustay, icu_null, start, end
 
-    # ---- identifiers ------------------------------------------------------------------------
+
+# ---- identifiers ------------------------------------------------------------------------------
+def _identifiers(rng: np.random.Generator, n: int, V: int):
+    """Returns (SUBJECT_ID [n], sorted; HADM_ID [V], random: not chronological)."""
     subject_id = np.sort(rng.choice(max(100_000, 2 * n), n, replace=False) + 1)
     hadm_span = max(900_000, 4 * V)
-    hadm_id = rng.choice(hadm_span, V, replace=False) + 100_000  # random: not chronological
-    v_subject = subject_id[pat]
+    hadm_id = rng.choice(hadm_span, V, replace=False) + 100_000
+    return subject_id, hadm_id
 
-    # ---- tables -----------------------------------------------------------------------------
+
+# ---- tables -----------------------------------------------------------------------------------
+def _item_columns(cat: pd.DataFrame) -> dict[str, list]:
+    """PRESCRIPTIONS drug columns per catalogue item, then per NDC-0 item."""
+    n_items = len(cat)
     zero_names = [nm for nm, _ in K.NDC_ZERO_ITEMS]
-    item_cols = {
+    return {
         "DRUG": cat["name"].tolist() + zero_names,
         "DRUG_NAME_GENERIC": cat["name"].tolist() + zero_names,
         "DRUG_NAME_POE": cat["name"].tolist() + [None] * len(zero_names),
@@ -527,27 +761,38 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         "FORM_UNIT_DISP": cat["form_unit"].tolist() + ["mL"] * len(zero_names),
         "ROUTE": cat["route"].tolist() + ["IV"] * len(zero_names),
     }
+
+
+def _prescriptions_table(rng, cat: pd.DataFrame, rx: _Prescriptions, v_subject, hadm_id):
+    item_cols = _item_columns(cat)
+    R = rx.visit.size
     ndc_null = rng.random(R) < 0.02  # NDC left empty, as happens in MIMIC
     presc = {
         "ROW_ID": pa.array(np.arange(1, R + 1)),
-        "SUBJECT_ID": pa.array(v_subject[r_visit]),
-        "HADM_ID": pa.array(hadm_id[r_visit]),
-        "ICUSTAY_ID": pa.array(icustay[r_visit], mask=r_icu_null),
-        "STARTDATE": _dates(start),
-        "ENDDATE": _dates(end),
+        "SUBJECT_ID": pa.array(v_subject[rx.visit]),
+        "HADM_ID": pa.array(hadm_id[rx.visit]),
+        "ICUSTAY_ID": pa.array(rx.icustay[rx.visit], mask=rx.icu_null),
+        "STARTDATE": _dates(rx.start),
+        "ENDDATE": _dates(rx.end),
     }
     for col in COLUMNS["PRESCRIPTIONS"][6:]:
-        presc[col] = _take(item_cols[col], r_item, ndc_null if col == "NDC" else None)
-    presc = pa.table({c: presc[c] for c in COLUMNS["PRESCRIPTIONS"]})
+        presc[col] = _take(item_cols[col], rx.item, ndc_null if col == "NDC" else None)
+    return pa.table({c: presc[c] for c in COLUMNS["PRESCRIPTIONS"]})
 
+
+def _admissions_table(
+    rng, ix: _Index, vis: _Visits, adm_type, profile, outcomes, v_subject, hadm_id
+):
+    V, admit, disch = vis.V, vis.admit, vis.disch
     ed = adm_type == 1
     edreg = admit - rng.integers(60, 10 * 60, V) * 60
-    dx_text = [c["name"].upper() for c in conds]
+    dx_text = [c["name"].upper() for c in ix.conds]
     dx_text = [
         t + ("\\" + "SURGERY /SDA" if c.get("elective", 0) > 0.5 else "")
-        for t, c in zip(dx_text, conds, strict=True)
+        for t, c in zip(dx_text, ix.conds, strict=True)
     ]
-    admissions = pa.table(
+    hosp_death = outcomes.hosp_death
+    return pa.table(
         {
             "ROW_ID": pa.array(np.arange(1, V + 1)),
             "SUBJECT_ID": pa.array(v_subject),
@@ -555,41 +800,44 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
             "ADMITTIME": _dates(admit),
             "DISCHTIME": _dates(disch),
             "DEATHTIME": _dates(disch, ~hosp_death),
-            "ADMISSION_TYPE": _take(adm_types, adm_type),
-            "ADMISSION_LOCATION": _take(loc_labels, adm_loc),
-            "DISCHARGE_LOCATION": _take(dis_labels, discharge),
-            "INSURANCE": _take(ins_labels, insurance),
-            "LANGUAGE": _take(lang_labels, lang_choice[pat], lang_missing[pat]),
-            "RELIGION": _take([r for r, _ in K.RELIGIONS], religion[pat]),
-            "MARITAL_STATUS": _take(mar_labels, marital[pat], marital_missing[pat]),
-            "ETHNICITY": _take(eth_labels, eth_choice[pat]),
+            "ADMISSION_TYPE": profile["ADMISSION_TYPE"],
+            "ADMISSION_LOCATION": profile["ADMISSION_LOCATION"],
+            "DISCHARGE_LOCATION": outcomes.discharge,
+            "INSURANCE": profile["INSURANCE"],
+            "LANGUAGE": profile["LANGUAGE"],
+            "RELIGION": profile["RELIGION"],
+            "MARITAL_STATUS": profile["MARITAL_STATUS"],
+            "ETHNICITY": profile["ETHNICITY"],
             "EDREGTIME": _dates(edreg, ~ed),
             "EDOUTTIME": _dates(admit + 30 * 60, ~ed),
-            "DIAGNOSIS": _take(dx_text, primary),
+            "DIAGNOSIS": _take(dx_text, vis.primary),
             "HOSPITAL_EXPIRE_FLAG": pa.array(hosp_death.astype(np.int64)),
             "HAS_CHARTEVENTS_DATA": pa.array((rng.random(V) < 0.97).astype(np.int64)),
         }
     )
 
-    # patients: DOB from the age at the first admission; >89 shifted to ~300 years as in MIMIC
+
+def _patients_table(rng, pts: _Patients, vis: _Visits, outcomes: _Outcomes, subject_id):
+    # DOB from the age at the first admission; >89 shifted to ~300 years as in MIMIC
+    n, age0, t0 = pts.n, pts.age0, vis.t0
     dob_age = np.where(age0 >= 89.0, 300.0 + (age0 - 89.0), age0)
     dob = t0 - (dob_age * YEAR).astype(np.int64)
     dob = dob - dob % DAY
-    last_disch = disch[last]
-    hosp_dead_p = hosp_death[last]
+    last_disch = vis.disch[outcomes.last]
+    hosp_dead_p = outcomes.hosp_death[outcomes.last]
     dod = np.where(
         hosp_dead_p,
         last_disch,
         last_disch + ((rng.exponential(700.0, n) + 1) * DAY).astype(np.int64),
     )
     dod = dod - dod % DAY
-    dead = hosp_dead_p | died_later
+    dead = hosp_dead_p | outcomes.died_later
     ssn_known = dead & (~hosp_dead_p | (rng.random(n) < 0.6))
-    patients = pa.table(
+    return pa.table(
         {
             "ROW_ID": pa.array(np.arange(1, n + 1)),
             "SUBJECT_ID": pa.array(subject_id),
-            "GENDER": _take(["M", "F"], female.astype(np.int64)),
+            "GENDER": _take(["M", "F"], pts.female.astype(np.int64)),
             "DOB": _dates(dob),
             "DOD": _dates(dod, ~dead),
             "DOD_HOSP": _dates(dod, ~hosp_dead_p),
@@ -598,40 +846,30 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         }
     )
 
-    def code_table(fin, codes):
-        visit, code, seq = fin
-        return pa.table(
-            {
-                "ROW_ID": pa.array(np.arange(1, visit.size + 1)),
-                "SUBJECT_ID": pa.array(v_subject[visit]),
-                "HADM_ID": pa.array(hadm_id[visit]),
-                "SEQ_NUM": pa.array(seq),
-                "ICD9_CODE": _take(codes, code),
-            }
-        )
 
-    def dictionary(titles: dict[str, str]) -> pa.Table:
-        codes = list(titles)
-        return pa.table(
-            {
-                "ROW_ID": pa.array(np.arange(1, len(codes) + 1)),
-                "ICD9_CODE": _labels(codes),
-                "SHORT_TITLE": _labels([_short_title(titles[c]) for c in codes]),
-                "LONG_TITLE": _labels([titles[c] for c in codes]),
-            }
-        )
+def _code_table(fin, codes: list[str], v_subject, hadm_id) -> pa.Table:
+    visit, code, seq = fin
+    return pa.table(
+        {
+            "ROW_ID": pa.array(np.arange(1, visit.size + 1)),
+            "SUBJECT_ID": pa.array(v_subject[visit]),
+            "HADM_ID": pa.array(hadm_id[visit]),
+            "SEQ_NUM": pa.array(seq),
+            "ICD9_CODE": _take(codes, code),
+        }
+    )
 
-    tables = {
-        "PATIENTS": patients,
-        "ADMISSIONS": admissions,
-        "DIAGNOSES_ICD": code_table(diag, dx_codes),
-        "PROCEDURES_ICD": code_table(proc, px_codes),
-        "PRESCRIPTIONS": presc,
-        "D_ICD_DIAGNOSES": dictionary(K.DIAGNOSES),
-        "D_ICD_PROCEDURES": dictionary(K.PROCEDURES),
-    }
-    tables.update(_aux_tables(cat))
-    return tables
+
+def _icd_dictionary(titles: dict[str, str]) -> pa.Table:
+    codes = list(titles)
+    return pa.table(
+        {
+            "ROW_ID": pa.array(np.arange(1, len(codes) + 1)),
+            "ICD9_CODE": _labels(codes),
+            "SHORT_TITLE": _labels([_short_title(titles[c]) for c in codes]),
+            "LONG_TITLE": _labels([titles[c] for c in codes]),
+        }
+    )
 
 
 def _finalise_codes(rng, visits, codes, ranks, n_codes):
