@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
 from leader_kedro import baselines as B  # noqa: E402
-from leader_kedro import evaluation as E  # noqa: E402
+from leader_kedro import contracts as C  # noqa: E402
 from leader_kedro import metrics as M  # noqa: E402
 
 
@@ -38,9 +38,11 @@ def test_logreg_beats_most_frequent_and_is_seeded(cohort):
     out, report = B.logreg(train, {"val": val, "test": test}, vocab, c=1.0, seed=0)
     again, _ = B.logreg(train, {"val": val, "test": test}, vocab, c=1.0, seed=0)
     assert out["test"].equals(again["test"])
-    y = E.label_matrix(test, vocab)
-    p_lr = E.prediction_matrix(out["test"], test, vocab, "logreg")
-    p_mf = E.prediction_matrix(B.most_frequent(train, test, vocab), test, vocab, "mostfreq")
+    y, _ = C.label_matrix(test, vocab)
+    p_lr = C.prediction_matrix(out["test"], test, vocab["medication"], "logreg")
+    p_mf = C.prediction_matrix(
+        B.most_frequent(train, test, vocab), test, vocab["medication"], "mostfreq"
+    )
     assert M.summary(y, p_lr, 0.3)["prauc"] > M.summary(y, p_mf, 0.3)["prauc"] + 0.05
     assert report["classifiers"] + report["constant_labels"] == len(vocab["medication"])
 

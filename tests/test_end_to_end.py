@@ -26,7 +26,7 @@ def _run(project: Path, pipeline: str | None = None, env: str = "test"):
 
 
 def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeypatch, project_copy):
-    from leader_kedro.hooks import MissingArtifactError
+    from leader_kedro.contracts import MissingArtifactError
 
     project = project_copy(tmp_path, tracking=False)
     monkeypatch.chdir(project)

@@ -11,7 +11,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
-from leader_kedro import evaluation as E  # noqa: E402
+from leader_kedro import contracts as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,11 @@ def _params(seed=0):
 
 def _pred(samples, vocab, seed, noise):
     rng = np.random.default_rng(seed)
-    y = E.label_matrix(samples, vocab)
-    return E.predictions_frame(
-        samples["sample_id"].tolist(), np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1), vocab
+    y, _ = C.label_matrix(samples, vocab)
+    return C.predictions_frame(
+        samples["sample_id"].tolist(),
+        np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1),
+        vocab["medication"],
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
+from leader_kedro import contracts as C  # noqa: E402
 from leader_kedro import evaluation as E  # noqa: E402
 from leader_kedro import metrics as M  # noqa: E402
 
@@ -21,9 +22,9 @@ def cohort():
 
 def _noisy_predictions(samples, vocab, seed, noise=0.35):
     rng = np.random.default_rng(seed)
-    y = E.label_matrix(samples, vocab)
+    y, _ = C.label_matrix(samples, vocab)
     prob = np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1)
-    return E.predictions_frame(samples["sample_id"].tolist(), prob, vocab)
+    return C.predictions_frame(samples["sample_id"].tolist(), prob, vocab["medication"])
 
 
 def test_round_indices_without_and_with_replacement():
@@ -89,19 +90,18 @@ def test_prediction_matrix_checks(cohort):
     vocab, test = cohort["vocab"], cohort["samples_test"]
     pred = _noisy_predictions(test, vocab, 0)
     shuffled = pred.sample(frac=1.0, random_state=0)
+    meds = vocab["medication"]
     np.testing.assert_allclose(
-        E.prediction_matrix(shuffled, test, vocab, "x"), E.prediction_matrix(pred, test, vocab, "x")
+        C.prediction_matrix(shuffled, test, meds, "x"), C.prediction_matrix(pred, test, meds, "x")
     )
     with pytest.raises(ValueError, match="student_predictions_test.*medication column"):
-        E.prediction_matrix(
-            pred.drop(columns=[vocab["medication"][0]]), test, vocab, "student_predictions_test"
-        )
+        C.prediction_matrix(pred.drop(columns=[meds[0]]), test, meds, "student_predictions_test")
     with pytest.raises(ValueError, match="sample_id does not match"):
-        E.prediction_matrix(pred.iloc[1:], test, vocab, "p")
+        C.prediction_matrix(pred.iloc[1:], test, vocab["medication"], "p")
     bad = pred.copy()
     bad[vocab["medication"][0]] = 2.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        E.prediction_matrix(bad, test, vocab, "p")
+        C.prediction_matrix(bad, test, vocab["medication"], "p")
 
 
 def test_ddi_postprocess_monotone_and_only_removes():
@@ -143,12 +143,9 @@ def test_evaluate_models_document(cohort):
     }
     tuning = {"objective": "jaccard", "grid": {"start": 0.05, "stop": 0.95, "step": 0.05}}
     post = {"enabled": True, "targets": [0.1, 0.0], "protocol": "tuned", "models": ["good"]}
-    doc = E.evaluate_models(
-        preds, val, test, vocab, cohort["ddi_adjacency"], E.DEFAULT_PROTOCOLS, tuning, post, seed=7
-    )
-    again = E.evaluate_models(
-        preds, val, test, vocab, cohort["ddi_adjacency"], E.DEFAULT_PROTOCOLS, tuning, post, seed=7
-    )
+    cfg = E.evaluate_config({"threshold_tuning": tuning, "ddi_postprocess": post, "seed": 7})
+    doc = E.evaluate_models(preds, val, test, vocab, cohort["ddi_adjacency"], cfg)
+    again = E.evaluate_models(preds, val, test, vocab, cohort["ddi_adjacency"], cfg)
     assert doc == again  # seeded, reproducible
     assert set(doc["models"]) == {"good", "bad"}
     assert set(doc["protocols"]) == {"leader", "safedrug", "tuned"}
@@ -169,7 +166,7 @@ def test_evaluate_models_document(cohort):
     assert doc["groups"]["single_visit"]["samples"] + doc["groups"]["multi_visit"][
         "samples"
     ] == len(test)
-    y = E.label_matrix(test, vocab)
+    y, _ = C.label_matrix(test, vocab)
     assert doc["ground_truth_ddi"]["pooled"] == pytest.approx(
         M.ddi_rate(y, cohort["ddi_adjacency"].to_numpy())
     )
@@ -180,9 +177,7 @@ def test_evaluate_models_document(cohort):
     assert "good.leader.overall.prauc" in flat and "ground_truth.ddi_rate_pooled" in flat
     # csv-loaded adjacency (first column = index) works the same
     csv_like = cohort["ddi_adjacency"].reset_index().rename(columns={"index": "Unnamed: 0"})
-    doc2 = E.evaluate_models(
-        preds, val, test, vocab, csv_like, E.DEFAULT_PROTOCOLS, tuning, post, seed=7
-    )
+    doc2 = E.evaluate_models(preds, val, test, vocab, csv_like, cfg)
     assert doc2["ground_truth_ddi"] == doc["ground_truth_ddi"]
 
 

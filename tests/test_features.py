@@ -14,8 +14,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_cohort import MEDS, NAMES, make_tiny_cohort  # noqa: E402
 
 from leader_kedro import features, prompting  # noqa: E402
+from leader_kedro.contracts import (
+    StaleFeaturesError,  # noqa: E402
+    aligned_teacher_features,  # noqa: E402
+)
 from leader_kedro.datasets import TeacherFeaturesDataset  # noqa: E402
-from leader_kedro.features import StaleFeaturesError, check_fresh  # noqa: E402
+from leader_kedro.features import check_fresh  # noqa: E402
 
 MAX_LENGTH = 128
 
@@ -165,7 +169,7 @@ def test_saved_cache_stays_fresh_after_a_round_trip(teacher, prompts, cache, tmp
     back = ds.load()
     check_fresh(back, card, prompts["train"])
     assert torch.equal(back["hidden"], cache["hidden"])
-    rows = features.aligned_hidden(back, list(reversed(back["sample_ids"])))
+    rows = aligned_teacher_features(back, list(reversed(back["sample_ids"])))
     assert torch.equal(rows, back["hidden"].flip(0))
 
 

@@ -10,8 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ingest_helpers import INGEST, write_aux, write_raw  # noqa: E402
 
+from leader_kedro.contracts import IngestInputError  # noqa: E402
 from leader_kedro.ingest_core import run_ingest  # noqa: E402
-from leader_kedro.mimic import IngestInputError, read_ndc2rxnorm  # noqa: E402
+from leader_kedro.mimic import read_ndc2rxnorm  # noqa: E402
 
 
 @pytest.fixture()

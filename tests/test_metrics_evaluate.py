@@ -65,10 +65,14 @@ def test_ddi_pooled_vs_per_visit_hand_example():
     assert M.ddi_rate_per_visit(np.zeros((2, 4)), ddi) == 0.0
 
 
-def test_multi_hot_rejects_unknown_code():
-    assert M.multi_hot([["B"], ["A", "B"]], ["A", "B"]).tolist() == [[0, 1], [1, 1]]
-    with pytest.raises(ValueError, match="'Z'.*vocab"):
-        M.multi_hot([["Z"]], ["A", "B"], what="samples_test.target")
+def test_multi_hot_counts_and_drops_unknown_codes(caplog):
+    from leader_kedro.contracts import multi_hot
+
+    y, unknown = multi_hot([["B"], ["A", "B"]], ["A", "B"])
+    assert y.tolist() == [[0, 1], [1, 1]] and unknown == 0
+    y, unknown = multi_hot([["Z", "A"], ["Z"]], ["A", "B"], what="samples_test.target")
+    assert y.tolist() == [[1, 0], [0, 0]] and unknown == 2
+    assert "samples_test.target: 2 code(s) outside the vocabulary" in caplog.text
 
 
 def test_metrics_at_threshold_keys():

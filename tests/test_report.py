@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
+from leader_kedro import contracts as C  # noqa: E402
 from leader_kedro import evaluation as E  # noqa: E402
 from leader_kedro import report as R  # noqa: E402
 
@@ -24,9 +25,11 @@ MODELS = (
 
 def _pred(samples, vocab, seed, noise):
     rng = np.random.default_rng(seed)
-    y = E.label_matrix(samples, vocab)
-    return E.predictions_frame(
-        samples["sample_id"].tolist(), np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1), vocab
+    y, _ = C.label_matrix(samples, vocab)
+    return C.predictions_frame(
+        samples["sample_id"].tolist(),
+        np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1),
+        vocab["medication"],
     )
 
 
@@ -46,7 +49,12 @@ def doc():
     }
     tuning = {"objective": "jaccard", "grid": {"start": 0.05, "stop": 0.95, "step": 0.05}}
     return E.evaluate_models(
-        preds, val, test, vocab, c["ddi_adjacency"], E.DEFAULT_PROTOCOLS, tuning, post, seed=0
+        preds,
+        val,
+        test,
+        vocab,
+        c["ddi_adjacency"],
+        E.evaluate_config({"threshold_tuning": tuning, "ddi_postprocess": post, "seed": 0}),
     )
 
 

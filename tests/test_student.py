@@ -11,7 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
-from leader_kedro.features import StaleFeaturesError  # noqa: E402
+from leader_kedro.contracts import (
+    StaleFeaturesError,  # noqa: E402
+    aligned_teacher_features,  # noqa: E402
+)
 from leader_kedro.student import (  # noqa: E402
     LeaderStudent,
     collate,
@@ -20,7 +23,6 @@ from leader_kedro.student import (  # noqa: E402
     student_loss,
 )
 from leader_kedro.student_training import (  # noqa: E402
-    align_teacher_features,
     compare_predictions,
     train_student,
 )
@@ -171,7 +173,7 @@ def test_one_optimiser_step_lowers_the_loss(cohort):
     samples = cohort["samples_train"]
     feats = fake_features(samples)
     enc = encode_samples(samples, vocab)
-    batch = collate(enc, range(32), align_teacher_features(feats, list(samples["sample_id"])))
+    batch = collate(enc, range(32), aligned_teacher_features(feats, list(samples["sample_id"])))
     model = model_for(vocab)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -189,7 +191,7 @@ def test_switches_change_the_loss_terms(cohort):
     samples = cohort["samples_train"]
     feats = fake_features(samples)
     enc = encode_samples(samples, vocab)
-    batch = collate(enc, range(16), align_teacher_features(feats, list(samples["sample_id"])))
+    batch = collate(enc, range(16), aligned_teacher_features(feats, list(samples["sample_id"])))
 
     model = model_for(vocab)
     terms = student_loss(model, batch, alpha=0.0, beta=0.005)
@@ -297,10 +299,11 @@ def test_student_dataset_round_trip(cohort, tmp_path):
 
 def test_compare_predictions_groups(cohort):
     vocab, test = cohort["vocab"], cohort["samples_test"]
-    from leader_kedro.student import predictions_frame
-    from leader_kedro.student_training import targets_matrix
+    from leader_kedro.contracts import label_matrix, predictions_frame
 
-    perfect = predictions_frame(test["sample_id"], targets_matrix(test, vocab), vocab)
+    perfect = predictions_frame(
+        test["sample_id"], label_matrix(test, vocab)[0], vocab["medication"]
+    )
     out = compare_predictions(test, vocab, {"oracle": perfect.iloc[::-1], "skipped": None})
     assert out["test"]["skipped"] is None
     assert out["test"]["oracle"]["overall"]["prauc"] == pytest.approx(1.0)

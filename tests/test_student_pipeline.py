@@ -14,7 +14,8 @@ from kedro.io import DataCatalog, MemoryDataset  # noqa: E402
 from kedro.runner import SequentialRunner  # noqa: E402
 from tiny_cohort import make_tiny_cohort  # noqa: E402
 
-from leader_kedro.features import StaleFeaturesError, expected_fingerprint  # noqa: E402
+from leader_kedro.contracts import StaleFeaturesError  # noqa: E402
+from leader_kedro.features import expected_fingerprint  # noqa: E402
 from leader_kedro.pipelines.distill import create_pipeline  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]

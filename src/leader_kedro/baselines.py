@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leader_kedro.evaluation import label_matrix, predictions_frame
+from leader_kedro.contracts import label_matrix, predictions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ def label_frequencies(samples_train: pd.DataFrame, vocab: Mapping) -> np.ndarray
     """Share of train samples in which each medication is a label, in vocab order."""
     if len(samples_train) == 0:
         raise ValueError("samples_train is empty: the most-frequent baseline needs train labels")
-    return label_matrix(samples_train, vocab, "samples_train").mean(0).astype(np.float64)
+    y, _ = label_matrix(samples_train, vocab, "samples_train", dtype=np.int8)
+    return y.mean(0).astype(np.float64)
 
 
 def most_frequent(
@@ -35,7 +36,7 @@ def most_frequent(
     """Predictions (contract format) giving every sample the train label frequencies."""
     freq = label_frequencies(samples_train, vocab)
     prob = np.tile(freq, (len(samples), 1))
-    return predictions_frame(samples["sample_id"].tolist(), prob, vocab)
+    return predictions_frame(samples["sample_id"].tolist(), prob, vocab["medication"])
 
 
 def feature_matrix(samples: pd.DataFrame, vocab: Mapping) -> tuple[Any, dict[str, int]]:
@@ -106,7 +107,7 @@ class LogRegBaseline:
             logger.warning(
                 "logreg baseline: codes outside the vocabulary ignored in train: %s", unknown
             )
-        y = label_matrix(samples_train, vocab, "samples_train")
+        y, _ = label_matrix(samples_train, vocab, "samples_train", dtype=np.int8)
         freq = y.mean(0)
         self.constant = np.where((freq == 0) | (freq == 1), freq, np.nan)
         self.models = []
@@ -152,7 +153,9 @@ def logreg(
         samples_train, vocab
     )
     out = {
-        split: predictions_frame(s["sample_id"].tolist(), model.predict_proba(s, vocab), vocab)
+        split: predictions_frame(
+            s["sample_id"].tolist(), model.predict_proba(s, vocab), vocab["medication"]
+        )
         for split, s in samples_by_split.items()
     }
     report = {

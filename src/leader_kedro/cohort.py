@@ -13,19 +13,12 @@ from itertools import chain
 import numpy as np
 import pandas as pd
 
-from leader_kedro.mimic import IngestInputError
-
-CODE_TYPES = ("diagnoses", "procedures", "medications")
-PROFILE_FIELDS = (
-    "gender",
-    "insurance",
-    "language",
-    "marital_status",
-    "ethnicity",
-    "admission_type",
+from leader_kedro.contracts import (
+    CODE_TYPES,
+    PROFILE_FIELDS,
+    SPECIAL_TOKENS,
+    IngestInputError,
 )
-SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[MASK]"]
-TOKEN_PREFIX = {"medication": "M_", "diagnosis": "D_", "procedure": "P_"}
 
 
 @dataclass

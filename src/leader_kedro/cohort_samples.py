@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from leader_kedro.cohort import CODE_TYPES, PROFILE_FIELDS
-from leader_kedro.mimic import IngestInputError
+from leader_kedro.contracts import CODE_TYPES, PROFILE_FIELDS, IngestInputError
 
 PROTOCOLS = ("last_visit", "every_visit")
 SPLITS = ("train", "val", "test")

@@ -380,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with KedroSession.create(project_path=root, env=args.env) as session:
         context = session.load_context()
         catalog = context.catalog
-        params = dict((context.params.get("evaluate") or {}).get("efficiency") or {})
+        from leader_kedro.evaluation import evaluate_config
+
+        p = evaluate_config(context.params.get("evaluate")).efficiency
         names = ("teacher_model", "student_model", "prompts_test", "samples_test")
         missing = [name for name in names if not catalog.exists(name)]
         if missing:
@@ -393,13 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         student,
         prompts,
         samples,
-        batch_sizes=args.batch_sizes or params.get("batch_sizes", (1, 32)),
-        latency_samples=args.latency_samples or params.get("latency_samples", 64),
-        throughput_samples=args.throughput_samples or params.get("throughput_samples", 256),
-        warmup=args.warmup if args.warmup is not None else params.get("warmup", 3),
-        num_threads=args.threads or params.get("num_threads"),
-        teacher_threads=args.teacher_threads or params.get("teacher_threads"),
-        student_threads=args.student_threads or params.get("student_threads"),
+        batch_sizes=args.batch_sizes or p.batch_sizes,
+        latency_samples=args.latency_samples or p.latency_samples,
+        throughput_samples=args.throughput_samples or p.throughput_samples,
+        warmup=args.warmup if args.warmup is not None else p.warmup,
+        num_threads=args.threads or p.num_threads,
+        teacher_threads=args.teacher_threads or p.teacher_threads,
+        student_threads=args.student_threads or p.student_threads,
     )
     print(
         f"teacher backbone: {result['teacher_backbone']}; test samples: {result['test_samples']}; torch threads: {result['torch_threads']}"

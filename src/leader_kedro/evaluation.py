@@ -19,132 +19,140 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from leader_kedro import metrics as M
+from leader_kedro.config import as_dict, build_config
+from leader_kedro.contracts import (
+    MODELS,
+    ParameterError,
+    group_masks,
+    label_matrix,
+    prediction_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
 ROUND_METRICS = ("jaccard", "prauc", "f1", "precision", "recall", "n_med")
 DDI_METRICS = ("ddi_rate", "ddi_rate_per_visit")
 
-DEFAULT_PROTOCOLS: dict[str, dict[str, Any]] = {
-    "leader": {
-        "label": "LEADER: threshold 0.3, per-visit mean, 10 rounds x 80% without replacement",
-        "threshold": 0.3,
-        "rounds": 10,
-        "fraction": 0.8,
-        "replace": False,
-        "average": "visit",
-        "ddi_in_rounds": False,
-    },
-    "safedrug": {
-        "label": "SafeDrug: threshold 0.5, per-patient mean, 10 rounds x 80% bootstrap with replacement, DDI included",
-        "threshold": 0.5,
-        "rounds": 10,
-        "fraction": 0.8,
-        "replace": True,
-        "average": "patient",
-        "ddi_in_rounds": True,
-    },
-    "tuned": {
-        "label": "Tuned: per-model threshold maximising val Jaccard, per-visit mean, 10 rounds x 80% without replacement",
-        "threshold": "tuned",
-        "rounds": 10,
-        "fraction": 0.8,
-        "replace": False,
-        "average": "visit",
-        "ddi_in_rounds": True,
-    },
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """One evaluation protocol: threshold (a number, or ``tuned`` on val), resampling, averaging."""
+
+    label: str = ""
+    threshold: float | str = 0.3
+    rounds: int = 10
+    fraction: float = 0.8
+    replace: bool = False
+    average: str = "visit"
+    ddi_in_rounds: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.threshold, str) and self.threshold != "tuned":
+            raise ParameterError(
+                f"evaluate protocol 'threshold' must be a number or 'tuned', got {self.threshold!r}"
+            )
+
+
+DEFAULT_PROTOCOLS: dict[str, ProtocolConfig] = {
+    "leader": ProtocolConfig(
+        label="LEADER: threshold 0.3 (strict >), per-visit mean, 10 rounds x 80% without "
+        "replacement; DDI once on the whole split",
+        threshold=0.3,
+    ),
+    "safedrug": ProtocolConfig(
+        label="SafeDrug: threshold 0.5, per-patient mean, 10 rounds x 80% bootstrap with "
+        "replacement (over patients), DDI included",
+        threshold=0.5,
+        replace=True,
+        average="patient",
+        ddi_in_rounds=True,
+    ),
+    "tuned": ProtocolConfig(
+        label="Tuned: per-model threshold maximising val Jaccard, per-visit mean, 10 rounds x 80% "
+        "without replacement, DDI included",
+        threshold="tuned",
+        ddi_in_rounds=True,
+    ),
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs: labels and prediction tables -> aligned matrices
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridConfig:
+    start: float = 0.05
+    stop: float = 0.95
+    step: float = 0.01
 
 
-def label_matrix(samples: pd.DataFrame, vocab: Mapping, name: str = "samples") -> np.ndarray:
-    """Multi-hot ``target`` of a samples table, columns in ``vocab["medication"]`` order."""
-    if "target" not in samples.columns:
-        raise ValueError(f"{name}: column 'target' (list of ATC3 codes) is missing")
-    return M.multi_hot(list(samples["target"]), list(vocab["medication"]), what=f"{name}.target")
+@dataclass(frozen=True)
+class ThresholdTuningConfig:
+    objective: str = "jaccard"
+    grid: GridConfig = field(default_factory=GridConfig)
 
 
-def prediction_matrix(
-    predictions: pd.DataFrame, samples: pd.DataFrame, vocab: Mapping, name: str
-) -> np.ndarray:
-    """Probabilities of a prediction table aligned to ``samples`` rows and the medication vocab.
-
-    Contract (docs/contracts.md): a ``sample_id`` column plus one float column per medication in
-    ``vocab["medication"]`` order, same rows as the samples. A table in another row order but
-    with the same sample ids is re-ordered (logged); anything else is a clear error.
-    """
-    meds = list(vocab["medication"])
-    if "sample_id" not in predictions.columns:
-        raise ValueError(
-            f"{name}: column 'sample_id' is missing (expected sample_id + {len(meds)} medication columns)"
-        )
-    missing = [m for m in meds if m not in predictions.columns]
-    if missing:
-        raise ValueError(
-            f"{name}: {len(missing)} medication column(s) of vocab['medication'] are missing, "
-            f"e.g. {missing[:5]}"
-        )
-    pred_ids = predictions["sample_id"].astype(str).tolist()
-    want = samples["sample_id"].astype(str).tolist()
-    if pred_ids != want:
-        if len(set(pred_ids)) != len(pred_ids) or set(pred_ids) != set(want):
-            only_pred = sorted(set(pred_ids) - set(want))[:5]
-            only_samples = sorted(set(want) - set(pred_ids))[:5]
-            raise ValueError(
-                f"{name}: sample_id does not match the samples of its split "
-                f"({len(pred_ids)} rows vs {len(want)} samples; only in predictions: {only_pred}; "
-                f"missing from predictions: {only_samples}). Re-run the stage that writes it."
-            )
-        logger.warning("%s: rows are not in the samples' order; re-ordering by sample_id", name)
-        predictions = predictions.set_index(predictions["sample_id"].astype(str)).loc[want]
-    prob = predictions[meds].to_numpy(dtype=np.float64)
-    if not np.isfinite(prob).all():
-        raise ValueError(f"{name}: {int((~np.isfinite(prob)).sum())} probabilities are NaN/inf")
-    if prob.size and (prob.min() < 0 or prob.max() > 1):
-        raise ValueError(
-            f"{name}: probabilities must lie in [0, 1], got [{prob.min():.4g}, {prob.max():.4g}]"
-        )
-    return prob
+@dataclass(frozen=True)
+class DdiPostprocessConfig:
+    enabled: bool = True
+    protocol: str = "tuned"
+    models: tuple[str, ...] = ("teacher", "student", "baseline_logreg")
+    targets: tuple[float, ...] = (0.08, 0.06, 0.04, 0.02, 0.01, 0.0)
 
 
-def predictions_frame(sample_ids: Sequence[str], prob: np.ndarray, vocab: Mapping) -> pd.DataFrame:
-    """A prediction table in the contract format (sample_id + one float column per medication)."""
-    meds = list(vocab["medication"])
-    prob = np.asarray(prob, dtype=np.float64)
-    if prob.shape != (len(sample_ids), len(meds)):
-        raise ValueError(
-            f"probabilities have shape {prob.shape}, expected {(len(sample_ids), len(meds))}"
-        )
-    frame = pd.DataFrame(prob, columns=meds)
-    frame.insert(0, "sample_id", [str(s) for s in sample_ids])
-    return frame
+@dataclass(frozen=True)
+class LogregConfig:
+    C: float = 1.0
+    max_iter: int = 200
+    class_weight: str | None = None
+
+
+@dataclass(frozen=True)
+class EfficiencyConfig:
+    enabled: bool = True
+    batch_sizes: tuple[int, ...] = (1, 32)
+    latency_samples: int = 64
+    throughput_samples: int = 256
+    warmup: int = 3
+    num_threads: int | None = None
+    teacher_threads: int | None = None
+    student_threads: int | None = 1
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    plot_protocol: str = "leader"
+    gpu_results: str | None = None
+    targets: dict[str, Any] = field(default_factory=lambda: {"cpu_throughput_ratio": 20})
+    model_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``params:evaluate`` (conf/base/parameters_evaluate.yml documents every field)."""
+
+    seed: int = 42
+    models: tuple[str, ...] = MODELS
+    ci: float = 0.95
+    protocols: dict[str, ProtocolConfig] = field(default_factory=lambda: dict(DEFAULT_PROTOCOLS))
+    threshold_tuning: ThresholdTuningConfig = field(default_factory=ThresholdTuningConfig)
+    ddi_postprocess: DdiPostprocessConfig = field(default_factory=DdiPostprocessConfig)
+    logreg: LogregConfig = field(default_factory=LogregConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def evaluate_config(params: Mapping | EvaluateConfig | None) -> EvaluateConfig:
+    return build_config(EvaluateConfig, params, "evaluate")
 
 
 # ---------------------------------------------------------------------------------------------
 # Groups
 # ---------------------------------------------------------------------------------------------
-
-
-def group_masks(samples: pd.DataFrame) -> dict[str, np.ndarray]:
-    """overall / single_visit (``n_past == 0``, no history) / multi_visit (``n_past > 0``)."""
-    if "n_past" not in samples.columns:
-        raise ValueError("samples: column 'n_past' (number of earlier visits) is missing")
-    n_past = samples["n_past"].to_numpy()
-    return {
-        "overall": np.ones(len(samples), dtype=bool),
-        "single_visit": n_past == 0,
-        "multi_visit": n_past > 0,
-    }
 
 
 def group_sizes(samples: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -269,15 +277,16 @@ def evaluate_protocol(
     y_true: np.ndarray,
     y_prob: np.ndarray,
     subject_ids: np.ndarray,
-    protocol: Mapping[str, Any],
+    protocol: ProtocolConfig | Mapping[str, Any],
     threshold: float,
     ddi: np.ndarray | None,
     seed: int,
     ci: float = 0.95,
 ) -> dict[str, Any]:
     """One model, one group, one protocol: the point estimate on all samples and the rounds."""
+    protocol = build_config(ProtocolConfig, protocol, "evaluate.protocols.<protocol>")
     table = per_sample_table(y_true, y_prob, threshold, ddi)
-    average = protocol.get("average", "visit")
+    average = protocol.average
     if average not in ("visit", "patient"):
         raise ValueError(
             f"evaluate protocol 'average' must be 'visit' or 'patient', got {average!r}"
@@ -287,14 +296,8 @@ def evaluate_protocol(
     n_units = len(unit["jaccard"])
     with_ddi = ddi is not None
     point = _aggregate(unit, None, with_ddi)
-    in_rounds = with_ddi and bool(protocol.get("ddi_in_rounds", False))
-    idx_rounds = round_indices(
-        n_units,
-        int(protocol["rounds"]),
-        float(protocol["fraction"]),
-        bool(protocol["replace"]),
-        seed,
-    )
+    in_rounds = with_ddi and protocol.ddi_in_rounds
+    idx_rounds = round_indices(n_units, protocol.rounds, protocol.fraction, protocol.replace, seed)
     per_round = [_aggregate(unit, idx, in_rounds) for idx in idx_rounds] if n_units else []
     names = list(ROUND_METRICS) + (list(DDI_METRICS) if in_rounds else [])
     rounds = {k: summarise_rounds([r[k] for r in per_round], ci) for k in names}
@@ -337,8 +340,9 @@ def tune_threshold(
     }
 
 
-def threshold_grid(spec: Mapping[str, float]) -> list[float]:
-    start, stop, step = float(spec["start"]), float(spec["stop"]), float(spec["step"])
+def threshold_grid(spec: GridConfig | Mapping[str, float]) -> list[float]:
+    spec = build_config(GridConfig, spec, "evaluate.threshold_tuning.grid")
+    start, stop, step = spec.start, spec.stop, spec.step
     n = int(np.floor((stop - start) / step + 1e-9)) + 1
     return [round(start + i * step, 6) for i in range(n)]
 
@@ -486,32 +490,27 @@ def evaluate_models(
     samples_test: pd.DataFrame,
     vocab: Mapping,
     ddi_adjacency: pd.DataFrame | None,
-    protocols: Mapping[str, Mapping[str, Any]] | None = None,
-    tuning: Mapping[str, Any] | None = None,
-    postprocess: Mapping[str, Any] | None = None,
-    seed: int = 42,
-    ci: float = 0.95,
+    cfg: EvaluateConfig | Mapping | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model (``{name: (val_predictions, test_predictions)}``) on the same test split.
 
+    ``cfg`` supplies the protocols, threshold tuning, DDI post-processing, seed and interval.
     Returns the metrics document (JSON-serialisable) described in docs/evaluate.md.
     """
-    protocols = dict(protocols or DEFAULT_PROTOCOLS)
-    tuning = dict(
-        tuning or {"objective": "jaccard", "grid": {"start": 0.05, "stop": 0.95, "step": 0.01}}
-    )
-    postprocess = dict(postprocess or {"enabled": False})
+    cfg = evaluate_config(cfg)
+    protocols, tuning, postprocess = cfg.protocols, cfg.threshold_tuning, cfg.ddi_postprocess
+    seed, ci = cfg.seed, cfg.ci
     meds = list(vocab["medication"])
     ddi = _ddi_matrix(ddi_adjacency, meds)
-    y_val = label_matrix(samples_val, vocab, "samples_val")
-    y_test = label_matrix(samples_test, vocab, "samples_test")
+    y_val, unknown_val = label_matrix(samples_val, vocab, "samples_val", dtype=np.int8)
+    y_test, unknown_test = label_matrix(samples_test, vocab, "samples_test", dtype=np.int8)
     subjects = samples_test["subject_id"].to_numpy()
     masks = group_masks(samples_test)
-    grid = threshold_grid(tuning["grid"])
+    grid = threshold_grid(tuning.grid)
 
     doc: dict[str, Any] = {
         "split": "test",
-        "protocols": {name: dict(p) for name, p in protocols.items()},
+        "protocols": {name: as_dict(p) for name, p in protocols.items()},
         "ci": ci,
         "seed": seed,
         "n_medications": len(meds),
@@ -522,14 +521,16 @@ def evaluate_models(
         "models": {},
         "postprocess": {},
     }
+    if unknown_val or unknown_test:
+        doc["unknown_label_codes_dropped"] = {"val": unknown_val, "test": unknown_test}
     for model, (pred_val, pred_test) in predictions.items():
-        p_val = prediction_matrix(pred_val, samples_val, vocab, f"{model}_predictions_val")
-        p_test = prediction_matrix(pred_test, samples_test, vocab, f"{model}_predictions_test")
-        tuned = tune_threshold(y_val, p_val, grid, tuning.get("objective", "jaccard"))
+        p_val = prediction_matrix(pred_val, samples_val, meds, f"{model}_predictions_val")
+        p_test = prediction_matrix(pred_test, samples_test, meds, f"{model}_predictions_test")
+        tuned = tune_threshold(y_val, p_val, grid, tuning.objective)
         doc["thresholds"][model] = {k: tuned[k] for k in ("threshold", "score", "objective")}
         per_protocol = {}
         for k, (pname, proto) in enumerate(protocols.items()):
-            thr = tuned["threshold"] if proto["threshold"] == "tuned" else float(proto["threshold"])
+            thr = tuned["threshold"] if proto.threshold == "tuned" else float(proto.threshold)
             per_group = {}
             for group, mask in masks.items():
                 if not mask.any():
@@ -546,23 +547,16 @@ def evaluate_models(
                 )
             per_protocol[pname] = per_group
         doc["models"][model] = per_protocol
-        if (
-            postprocess.get("enabled", False)
-            and ddi is not None
-            and model in postprocess.get("models", [model])
-        ):
-            base = postprocess.get("protocol", "tuned")
-            thr = (
-                tuned["threshold"]
-                if protocols.get(base, {}).get("threshold") == "tuned"
-                else float(protocols.get(base, {}).get("threshold", tuned["threshold"]))
-            )
+        if postprocess.enabled and ddi is not None and model in postprocess.models:
+            base = postprocess.protocol
+            base_threshold = protocols[base].threshold if base in protocols else "tuned"
+            thr = tuned["threshold"] if base_threshold == "tuned" else float(base_threshold)
             doc["postprocess"][model] = {
                 "threshold": thr,
                 "protocol": base,
                 "definition": "greedy: drop the lower-probability member of interacting predicted pairs, lowest probability first, until pooled DDI <= target; prauc = unchanged probabilities, prauc_masked = removed drugs' probabilities set to 0",
                 "curve": ddi_tradeoff(
-                    p_test, y_test, thr, ddi, list(postprocess.get("targets", [])) + [float("inf")]
+                    p_test, y_test, thr, ddi, [*postprocess.targets, float("inf")]
                 ),
             }
             # the +inf target is the untouched starting point

@@ -15,20 +15,32 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from leader_kedro.config import build_config
+from leader_kedro.contracts import FEATURES_COMMAND, StaleFeaturesError
+
 logger = logging.getLogger(__name__)
 
-REFRESH_COMMAND = "kedro run --pipeline=features"
 FINGERPRINT_VERSION = "leader-features-v1"
 
 
-class StaleFeaturesError(RuntimeError):
-    """Cached teacher features do not match the current teacher or prompts."""
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """``params:features`` (conf/base/parameters_features.yml)."""
+
+    splits: tuple[str, ...] = ("train", "val", "test")
+    batch_size: int = 32
+    sort_by_length: bool = True
+
+
+def features_config(params) -> FeaturesConfig:
+    return build_config(FeaturesConfig, params, "features")
 
 
 def _card_value(teacher_card: Mapping[str, Any], key: str) -> Any:
@@ -103,7 +115,7 @@ def check_fresh(
     if not isinstance(features, Mapping):
         raise StaleFeaturesError(
             f"{name} is not a feature cache (got {type(features).__name__}); "
-            f"refresh it with `{REFRESH_COMMAND}`"
+            f"refresh it with `{FEATURES_COMMAND}`"
         )
     meta = dict(features.get("metadata") or {})
     ids = [str(s) for s in features.get("sample_ids") or []]
@@ -145,25 +157,8 @@ def check_fresh(
             problems.append("the fingerprint does not match (cache from another code version?)")
     if problems:
         raise StaleFeaturesError(
-            f"{name} is stale: " + "; ".join(problems) + f". Refresh it with `{REFRESH_COMMAND}`."
+            f"{name} is stale: " + "; ".join(problems) + f". Refresh it with `{FEATURES_COMMAND}`."
         )
-
-
-def aligned_hidden(
-    features: Mapping[str, Any], sample_ids: Sequence[str], name: str = "teacher_features"
-):
-    """The cached hidden rows in the order of ``sample_ids`` (a torch float16 tensor)."""
-    import torch
-
-    index = {str(s): i for i, s in enumerate(features["sample_ids"])}
-    missing = [s for s in map(str, sample_ids) if s not in index]
-    if missing:
-        raise StaleFeaturesError(
-            f"{name} has no row for {len(missing)} sample(s), e.g. {missing[:3]}; "
-            f"refresh it with `{REFRESH_COMMAND}`"
-        )
-    rows = torch.as_tensor([index[str(s)] for s in sample_ids], dtype=torch.long)
-    return features["hidden"].index_select(0, rows)
 
 
 def extract_features(

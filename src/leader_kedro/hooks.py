@@ -6,11 +6,9 @@ import logging
 
 from kedro.framework.hooks import hook_impl
 
+from leader_kedro.contracts import MissingArtifactError
+
 logger = logging.getLogger(__name__)
-
-
-class MissingArtifactError(RuntimeError):
-    """A pipeline input that an earlier stage should have written is not on disk."""
 
 
 class MissingArtifactHook:

@@ -19,7 +19,7 @@ from leader_kedro.cohort import (
     cohort_stats,
 )
 from leader_kedro.cohort_samples import build_samples, sample_stats, split_patients
-from leader_kedro.mimic import IngestInputError
+from leader_kedro.contracts import IngestInputError
 
 # Public file names of the auxiliary inputs (each overridable: ingest.aux_files.<key>).
 DEFAULT_AUX_FILES = {

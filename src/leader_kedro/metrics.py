@@ -110,26 +110,6 @@ def mean_n_med(y_pred: np.ndarray) -> float:
     return float(np.asarray(y_pred, dtype=bool).sum(1).mean()) if len(y_pred) else 0.0
 
 
-def multi_hot(code_lists, vocabulary: list[str], what: str = "target") -> np.ndarray:
-    """N x M 0/1 matrix from lists of codes, columns in ``vocabulary`` order.
-
-    A code outside ``vocabulary`` is an error naming ``what`` and the code: labels must all be
-    in ``vocab["medication"]`` (docs/contracts.md).
-    """
-    index = {code: j for j, code in enumerate(vocabulary)}
-    out = np.zeros((len(code_lists), len(vocabulary)), dtype=np.int8)
-    for i, codes in enumerate(code_lists):
-        for code in codes if codes is not None else ():
-            j = index.get(code)
-            if j is None:
-                raise ValueError(
-                    f"{what}: code {code!r} (row {i}) is not in the vocabulary of "
-                    f"{len(vocabulary)} codes; expected every code in vocab['medication']"
-                )
-            out[i, j] = 1
-    return out
-
-
 def metrics_at_threshold(
     y_true: np.ndarray,
     y_prob: np.ndarray,

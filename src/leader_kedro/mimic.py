@@ -22,11 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from leader_kedro.contracts import IngestInputError
+
 SOURCES = ("synthetic", "mimic3", "mimic4")
-
-
-class IngestInputError(ValueError):
-    """Raw or auxiliary input that the ingest stage cannot use, with the reason."""
 
 
 # --------------------------------------------------------------------------------------------

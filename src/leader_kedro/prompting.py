@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leader_kedro.contracts import CODE_KINDS
+
 logger = logging.getLogger(__name__)
 
 PROMPT_COLUMNS = ["sample_id", "prompt", "n_past", "n_history_shown", "truncated", "n_tokens"]
-CODE_TYPES = ("diagnosis", "procedure", "medication")
 DEFAULT_PROFILE_FIELDS = (
     "gender",
     "age",
@@ -125,17 +126,17 @@ class NameLookup:
     def __init__(self, code_names: Mapping[str, Mapping[str, str]], unnamed_template: str):
         if not isinstance(code_names, Mapping):
             raise ValueError(
-                f"code_names must be a JSON object with keys {list(CODE_TYPES)}, got {type(code_names).__name__}"
+                f"code_names must be a JSON object with keys {list(CODE_KINDS)}, got {type(code_names).__name__}"
             )
-        missing = [t for t in CODE_TYPES if t not in code_names]
+        missing = [t for t in CODE_KINDS if t not in code_names]
         if missing:
             raise ValueError(
                 f"code_names is missing the key(s) {missing}; expected {{'diagnosis': {{code: title}}, "
                 "'procedure': {...}, 'medication': {atc3: name}} (docs/contracts.md)"
             )
-        self._names = {t: {str(k): str(v) for k, v in code_names[t].items()} for t in CODE_TYPES}
+        self._names = {t: {str(k): str(v) for k, v in code_names[t].items()} for t in CODE_KINDS}
         self._unnamed = unnamed_template
-        self.missing: dict[str, dict[str, int]] = {t: {} for t in CODE_TYPES}
+        self.missing: dict[str, dict[str, int]] = {t: {} for t in CODE_KINDS}
 
     def names(self, kind: str, codes: Iterable[str]) -> list[str]:
         table = self._names[kind]
@@ -592,7 +593,7 @@ def length_report(
     }
     everything = pd.concat(list(prompts_by_split.values()), ignore_index=True)
     names_missing: dict[str, dict[str, Any]] = {}
-    for kind in CODE_TYPES:
+    for kind in CODE_KINDS:
         per = [s.get("names_missing", {}).get(kind) for s in stats_by_split.values()]
         per = [p for p in per if p]
         examples = sorted({c for p in per for c in p["examples"]})[:20]

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from leader_kedro.cohort import PROFILE_FIELDS
+from leader_kedro.contracts import PROFILE_FIELDS
 
 logger = logging.getLogger(__name__)
 

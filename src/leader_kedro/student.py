@@ -17,7 +17,7 @@ Importable without Kedro. Two halves:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leader_kedro.contracts import predictions_frame
+
 PAD = 0
 
+
+@dataclass(frozen=True)
+class StudentModelConfig:
+    """``params:distill.model``: the network's sizes (conf/base/parameters_distill.yml)."""
+
+    hidden_size: int = 64
+    n_heads: int = 4
+    intermediate_size: int = 300
+    hidden_dropout: float = 0.4
+    attention_dropout: float = 0.1
+    max_visits: int = 10
+    max_codes: int = 100
+    visit_positions: bool = True
+
+
+#: The saved model config's switchable keys and their defaults (sizes come from the vocab).
 DEFAULT_CONFIG: dict = {
-    "hidden_size": 64,
-    "n_heads": 4,
-    "intermediate_size": 300,
-    "hidden_dropout": 0.4,
-    "attention_dropout": 0.1,
-    "max_visits": 10,
-    "max_codes": 100,
-    "visit_positions": True,
+    **asdict(StudentModelConfig()),
     "profile_enabled": True,
     "kd_enabled": True,
     "align_enabled": True,
@@ -468,14 +479,10 @@ class StudentBundle:
     def predictions_table(self, samples: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
         """The project's predictions format: ``sample_id`` + one column per medication."""
         return predictions_frame(
-            samples["sample_id"], self.predict_proba(samples, batch_size), self.vocab
+            samples["sample_id"].tolist(),
+            self.predict_proba(samples, batch_size),
+            self.vocab["medication"],
         )
-
-
-def predictions_frame(sample_ids, probs: np.ndarray, vocab: dict) -> pd.DataFrame:
-    frame = pd.DataFrame(probs.astype(np.float64), columns=list(vocab["medication"]))
-    frame.insert(0, "sample_id", [str(s) for s in sample_ids])
-    return frame
 
 
 STATE_FILE = "student.safetensors"

@@ -20,13 +20,12 @@ def _train(
     teacher_features,
     teacher_card,
     prompts_train,
-    params,
+    cfg,
 ):
-    from leader_kedro.student_training import train_student, variant_params
+    from leader_kedro.student_training import train_student, variant_config
 
-    vparams = variant_params(params, variant)
-    kd_on = vparams.get("kd", {}).get("enabled", True)
-    if kd_on and params.get("check_features", True):
+    vcfg = variant_config(cfg, variant)
+    if vcfg.kd.enabled and cfg.check_features:
         from leader_kedro.features import check_fresh
 
         check_fresh(teacher_features, teacher_card, prompts_train)
@@ -34,8 +33,8 @@ def _train(
         samples_train,
         samples_val,
         vocab,
-        vparams,
-        teacher_features=teacher_features if kd_on else None,
+        vcfg,
+        teacher_features=teacher_features if vcfg.kd.enabled else None,
         code_names=code_names,
         variant=variant,
     )
@@ -52,7 +51,9 @@ def train_student_main(
     params,
 ):
     """The main student (KD, alignment and profile as configured)."""
-    bundle, history = _train(
+    from leader_kedro.student_training import distill_config
+
+    return _train(
         "main",
         samples_train,
         samples_val,
@@ -61,15 +62,16 @@ def train_student_main(
         teacher_features,
         teacher_card,
         prompts_train,
-        params,
+        distill_config(params),
     )
-    return bundle, history
 
 
 def predict_student(
     student_model, samples_val: pd.DataFrame, samples_test: pd.DataFrame, params: dict
 ):
-    bs = int(params.get("training", {}).get("eval_batch_size", 256))
+    from leader_kedro.student_training import distill_config
+
+    bs = distill_config(params).training.eval_batch_size
     return student_model.predictions_table(samples_val, bs), student_model.predictions_table(
         samples_test, bs
     )
@@ -89,11 +91,14 @@ def train_ablation(
 ):
     """An ablation student (``variant`` = ``no_kd`` | ``no_align``): its val/test predictions and
     training history. ``distill.ablations: false`` skips it and writes empty tables."""
-    from leader_kedro.student import predictions_frame
+    from leader_kedro.contracts import predictions_frame
+    from leader_kedro.student_training import distill_config
 
-    if not params.get("ablations", True):
+    cfg = distill_config(params)
+    if not cfg.ablations:
         logger.info("distill.ablations is false: skipping the '%s' student", variant)
-        empty = predictions_frame([], np.zeros((0, len(vocab["medication"]))), vocab)
+        meds = vocab["medication"]
+        empty = predictions_frame([], np.zeros((0, len(meds))), meds)
         return (
             empty,
             empty.copy(),
@@ -108,9 +113,9 @@ def train_ablation(
         teacher_features,
         teacher_card,
         prompts_train,
-        params,
+        cfg,
     )
-    bs = int(params.get("training", {}).get("eval_batch_size", 256))
+    bs = cfg.training.eval_batch_size
     return (
         bundle.predictions_table(samples_val, bs),
         bundle.predictions_table(samples_test, bs),
@@ -121,49 +126,40 @@ def train_ablation(
 def evaluate_students(
     samples_test: pd.DataFrame,
     vocab: dict,
-    student_predictions_test: pd.DataFrame,
-    student_no_kd_predictions_test: pd.DataFrame,
-    student_no_align_predictions_test: pd.DataFrame,
     teacher_predictions_test: pd.DataFrame,
-    history_main: dict,
-    history_no_kd: dict,
-    history_no_align: dict,
     params: dict,
+    **variants: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``distill_metrics`` (test metrics per variant and patient group) and the training histories."""
-    from leader_kedro.student_training import compare_predictions
+    """``distill_metrics`` (test metrics per variant and patient group) and the training histories.
 
+    ``variants`` holds ``{model}_predictions_test`` and ``{model}_history`` for every student
+    variant of :data:`contracts.STUDENT_VARIANTS`.
+    """
+    from leader_kedro import tracking
+    from leader_kedro.contracts import STUDENT_VARIANTS
+    from leader_kedro.student_training import compare_predictions, distill_config
+
+    cfg = distill_config(params)
+    students = list(STUDENT_VARIANTS.values())
     metrics = compare_predictions(
         samples_test,
         vocab,
         {
-            "student": student_predictions_test,
-            "student_no_kd": student_no_kd_predictions_test,
-            "student_no_align": student_no_align_predictions_test,
+            **{m: variants[f"{m}_predictions_test"] for m in students},
             "teacher": teacher_predictions_test,
         },
-        threshold=float(params.get("threshold", 0.3)),
+        threshold=cfg.threshold,
     )
-    metrics["training"] = {
-        name: {
-            k: h.get(k)
-            for k in (
-                "best_epoch",
-                "best_val_prauc",
-                "epochs_run",
-                "train_seconds",
-                "n_parameters",
-                "skipped",
-            )
-        }
-        for name, h in (
-            ("student", history_main),
-            ("student_no_kd", history_no_kd),
-            ("student_no_align", history_no_align),
-        )
-    }
-    from leader_kedro import tracking
-
+    history = {m: variants[f"{m}_history"] for m in students}
+    summary_keys = (
+        "best_epoch",
+        "best_val_prauc",
+        "epochs_run",
+        "train_seconds",
+        "n_parameters",
+        "skipped",
+    )
+    metrics["training"] = {m: {k: h.get(k) for k in summary_keys} for m, h in history.items()}
     for variant, groups in metrics["test"].items():
         for group, values in (groups or {}).items():
             if isinstance(values, dict) and group != "n":
@@ -171,11 +167,6 @@ def evaluate_students(
                     {k: v for k, v in values.items() if k in ("prauc", "jaccard", "f1")},
                     prefix=f"distill.test.{variant}.{group}.",
                 )
-    history = {
-        "student": history_main,
-        "student_no_kd": history_no_kd,
-        "student_no_align": history_no_align,
-    }
     return metrics, history
 
 
@@ -185,8 +176,10 @@ def register_student(
     """Log + register the student as the MLflow pyfunc ``leader-student`` when a run is active."""
     import mlflow
 
-    reg = params.get("registry", {})
-    if not reg.get("enabled", True):
+    from leader_kedro.student_training import distill_config
+
+    reg = distill_config(params).registry
+    if not reg.enabled:
         return {"registered": False, "reason": "distill.registry.enabled is false"}
     if mlflow.active_run() is None:
         reason = "no active MLflow run (tracking is off for this environment/pipeline)"
@@ -197,9 +190,9 @@ def register_student(
     info = log_student_model(
         student_model,
         samples_test,
-        name=reg.get("artifact_name", "leader_student"),
-        registered_model_name=reg.get("model_name", "leader-student"),
-        top_k=int(reg.get("top_k", 10)),
+        name=reg.artifact_name,
+        registered_model_name=reg.model_name,
+        top_k=reg.top_k,
     )
     overall = ((distill_metrics.get("test") or {}).get("student") or {}).get("overall") or {}
     return {"registered": True, **info, "test_overall": overall}

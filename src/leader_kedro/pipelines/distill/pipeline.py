@@ -4,6 +4,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from leader_kedro.contracts import STUDENT_VARIANTS
 from leader_kedro.pipelines.distill import nodes
 
 TRAIN_INPUTS = [
@@ -16,7 +17,8 @@ TRAIN_INPUTS = [
     "prompts_train",
     "params:distill",
 ]
-ABLATIONS = ("no_kd", "no_align")  # the same student with distillation / alignment off
+# the same student with one part (distillation, alignment) switched off
+ABLATIONS = tuple(v for v in STUDENT_VARIANTS if v != "main")
 ABLATION_INPUTS = [
     "samples_train",
     "samples_val",
@@ -63,18 +65,20 @@ def create_pipeline(**kwargs) -> Pipeline:
             ],
             Node(
                 nodes.evaluate_students,
-                [
-                    "samples_test",
-                    "vocab",
-                    "student_predictions_test",
-                    "student_no_kd_predictions_test",
-                    "student_no_align_predictions_test",
-                    "teacher_predictions_test",
-                    "student_history_main",
-                    "student_history_no_kd",
-                    "student_history_no_align",
-                    "params:distill",
-                ],
+                {
+                    "samples_test": "samples_test",
+                    "vocab": "vocab",
+                    "teacher_predictions_test": "teacher_predictions_test",
+                    "params": "params:distill",
+                    **{
+                        f"{model}_predictions_test": f"{model}_predictions_test"
+                        for model in STUDENT_VARIANTS.values()
+                    },
+                    **{
+                        f"{model}_history": f"student_history_{variant}"
+                        for variant, model in STUDENT_VARIANTS.items()
+                    },
+                },
                 ["distill_metrics", "student_training_history"],
                 name="evaluate_students",
                 tags=["distill", "evaluation"],

@@ -29,16 +29,17 @@ def baseline_logreg(
     params: dict,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from leader_kedro import baselines, tracking
+    from leader_kedro.evaluation import evaluate_config
 
-    p = params.get("logreg", {})
+    cfg = evaluate_config(params)
     out, report = baselines.logreg(
         samples_train,
         {"val": samples_val, "test": samples_test},
         vocab,
-        c=float(p.get("C", 1.0)),
-        max_iter=int(p.get("max_iter", 200)),
-        seed=int(params.get("seed", 42)),
-        class_weight=p.get("class_weight"),
+        c=cfg.logreg.C,
+        max_iter=cfg.logreg.max_iter,
+        seed=cfg.seed,
+        class_weight=cfg.logreg.class_weight,
     )
     logger.info("logreg baseline: %s", report)
     tracking.log_metrics(report, prefix="baseline_logreg.")
@@ -57,7 +58,8 @@ def evaluate_models(
     ``params["models"]`` picks which of them are compared, in which order."""
     from leader_kedro import evaluation, tracking
 
-    models = list(params.get("models") or [])
+    cfg = evaluation.evaluate_config(params)
+    models = list(cfg.models)
     wired = sorted({k.rsplit("_", 1)[0] for k in predictions})
     unknown = [m for m in models if f"{m}_val" not in predictions or f"{m}_test" not in predictions]
     if unknown:
@@ -71,11 +73,7 @@ def evaluate_models(
         samples_test,
         vocab,
         ddi_adjacency,
-        protocols=params.get("protocols"),
-        tuning=params.get("threshold_tuning"),
-        postprocess=params.get("ddi_postprocess"),
-        seed=int(params.get("seed", 42)),
-        ci=float(params.get("ci", 0.95)),
+        cfg,
     )
     tracking.log_metrics(evaluation.flat_metrics(doc), prefix="eval.")
     return doc
@@ -89,22 +87,23 @@ def measure_efficiency(
     params: dict,
 ) -> dict[str, Any]:
     from leader_kedro import efficiency, tracking
+    from leader_kedro.evaluation import evaluate_config
 
-    p = params.get("efficiency", {})
-    if not p.get("enabled", True):
+    p = evaluate_config(params).efficiency
+    if not p.enabled:
         return {"enabled": False}
     result = efficiency.measure(
         teacher_model,
         student_model,
         prompts_test,
         samples_test,
-        batch_sizes=tuple(p.get("batch_sizes", (1, 32))),
-        latency_samples=int(p.get("latency_samples", 64)),
-        throughput_samples=int(p.get("throughput_samples", 256)),
-        warmup=int(p.get("warmup", 3)),
-        num_threads=p.get("num_threads"),
-        teacher_threads=p.get("teacher_threads"),
-        student_threads=p.get("student_threads"),
+        batch_sizes=p.batch_sizes,
+        latency_samples=p.latency_samples,
+        throughput_samples=p.throughput_samples,
+        warmup=p.warmup,
+        num_threads=p.num_threads,
+        teacher_threads=p.teacher_threads,
+        student_threads=p.student_threads,
     )
     logger.info("efficiency:\n%s", efficiency.format_table(result))
     flat = {f"ratio.{k}": v for k, v in result["ratios"].items() if v is not None}
@@ -123,23 +122,24 @@ def measure_efficiency(
 def make_report(metrics: dict, efficiency: dict, ingest_report: dict, params: dict):
     """Markdown report + three figures (PRAUC by group, accuracy vs DDI, efficiency)."""
     from leader_kedro import report
+    from leader_kedro.evaluation import evaluate_config
 
-    p = params.get("report", {})
-    labels = p.get("model_labels") or {}
-    gpu = report.load_optional_json(p.get("gpu_results"))
+    p = evaluate_config(params).report
+    labels = p.model_labels
+    gpu = report.load_optional_json(p.gpu_results)
     eff = (
         efficiency
         if efficiency and efficiency.get("enabled", True) and "teacher" in efficiency
         else None
     )
-    protocol = p.get("plot_protocol", "leader")
+    protocol = p.plot_protocol
     plots = {
         "PRAUC by patient group": "prauc_by_group.png",
         "Accuracy vs DDI trade-off": "ddi_tradeoff.png",
         "Inference cost": "efficiency.png",
     }
     text = report.render_markdown(
-        metrics, eff, ingest_report, gpu=gpu, labels=labels, plots=plots, targets=p.get("targets")
+        metrics, eff, ingest_report, gpu=gpu, labels=labels, plots=plots, targets=p.targets
     )
     fig_groups = report.plot_metric_by_group(metrics, protocol, "prauc", labels)
     fig_tradeoff = report.plot_ddi_tradeoff(metrics, labels)

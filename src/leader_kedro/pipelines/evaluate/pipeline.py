@@ -7,16 +7,10 @@ from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
 
+from leader_kedro.contracts import MODELS
 from leader_kedro.pipelines.evaluate import nodes
 
-DEFAULT_MODELS = (
-    "teacher",
-    "student",
-    "student_no_kd",
-    "student_no_align",
-    "baseline_mostfreq",
-    "baseline_logreg",
-)
+DEFAULT_MODELS = MODELS
 
 
 def create_pipeline(

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from leader_kedro import features, tracking
+from leader_kedro.contracts import FEATURES_COMMAND
 
 
 def extract(
@@ -17,7 +18,8 @@ def extract(
     split: str,
 ) -> dict[str, Any]:
     """Teacher features of one split, or an empty (skipped) cache when the split is switched off."""
-    splits = list(params.get("splits", ["train", "val", "test"]))
+    cfg = features.features_config(params)
+    splits = list(cfg.splits)
     if split not in splits:
         return features.skipped_features(
             teacher_card, prompts, split, f"params:features.splits = {splits} excludes '{split}'"
@@ -26,9 +28,9 @@ def extract(
         teacher_model,
         teacher_card,
         prompts,
-        batch_size=int(params.get("batch_size", 32)),
+        batch_size=cfg.batch_size,
         split=split,
-        sort_by_length=bool(params.get("sort_by_length", True)),
+        sort_by_length=cfg.sort_by_length,
     )
     meta = out["metadata"]
     tracking.log_metrics(
@@ -59,7 +61,7 @@ def report_features(
     report: dict[str, Any] = {
         "teacher_fingerprint": teacher_card.get("fingerprint"),
         "backbone": teacher_card.get("backbone"),
-        "refresh_command": features.REFRESH_COMMAND,
+        "refresh_command": FEATURES_COMMAND,
         "splits": {},
     }
     for split, feats in (("train", train), ("val", val), ("test", test)):

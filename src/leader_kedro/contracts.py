@@ -1,0 +1,250 @@
+"""The shapes that travel between stages, defined once (docs/contracts.md), and the error types.
+
+- the code types and profile fields of ``visits`` / ``samples_*``;
+- multi-hot labels over ``vocab["medication"]``;
+- the predictions table: ``sample_id`` + one probability column per medication;
+- the patient groups (single-visit = no history, multi-visit);
+- the rows of the teacher-feature cache aligned to a list of sample ids;
+- the project's error types, each naming the artifact, file or parameter at fault.
+
+Unknown codes (a label outside the vocabulary) follow one rule everywhere: they are dropped,
+counted, and the count is reported by the caller and logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ errors
+
+
+class ParameterError(ValueError):
+    """A parameter is unknown, missing or of the wrong type; the message names its full path."""
+
+
+class IngestInputError(ValueError):
+    """Bad raw input; the message names the file/column/parameter and what was expected."""
+
+
+class TeacherConfigError(ParameterError):
+    """A teacher parameter is invalid (unknown backbone, target module not in the model, ...)."""
+
+
+class StaleFeaturesError(RuntimeError):
+    """The cached teacher features do not belong to the current teacher + prompts."""
+
+
+class MissingArtifactError(RuntimeError):
+    """A stage's input was never produced; the message names the command that makes it."""
+
+
+# --------------------------------------------------------------------------- code types, profile
+
+#: The list columns of ``visits`` and ``samples_*``, in the order the prompt and student use.
+CODE_TYPES = ("diagnoses", "procedures", "medications")
+#: Singular kind of each code type (keys of ``code_names``, prefixes of vocab tokens).
+CODE_KIND = {"diagnoses": "diagnosis", "procedures": "procedure", "medications": "medication"}
+CODE_KINDS = tuple(CODE_KIND.values())
+TOKEN_PREFIX = {"medication": "M_", "diagnosis": "D_", "procedure": "P_"}
+SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[MASK]"]
+#: Categorical profile fields of a visit (``age`` is numeric and kept beside them).
+PROFILE_FIELDS = (
+    "gender",
+    "insurance",
+    "language",
+    "marital_status",
+    "ethnicity",
+    "admission_type",
+)
+
+FEATURES_COMMAND = "kedro run --pipeline=features"
+
+# ------------------------------------------------------------------------------------- models
+
+#: Student variant -> its model name (the main student and the ablations with one part off).
+STUDENT_VARIANTS = {"main": "student", "no_kd": "student_no_kd", "no_align": "student_no_align"}
+#: Every compared model, in table order, with its label in the report.
+MODEL_LABELS = {
+    "teacher": "Teacher (LM + LoRA + head)",
+    "student": "Student LEADER(S)",
+    "student_no_kd": "Student w/o distillation",
+    "student_no_align": "Student w/o alignment",
+    "baseline_mostfreq": "Most-frequent drugs",
+    "baseline_logreg": "Multi-hot logistic regression",
+}
+MODELS = tuple(MODEL_LABELS)
+
+# ------------------------------------------------------------------------------------- labels
+
+
+def multi_hot(
+    code_lists: Iterable[Iterable[str] | None],
+    vocabulary: Sequence[str],
+    what: str = "target",
+    dtype: Any = np.float32,
+) -> tuple[np.ndarray, int]:
+    """``(N x M matrix, n_unknown)`` from lists of codes, columns in ``vocabulary`` order.
+
+    Codes outside ``vocabulary`` are dropped and counted; a warning names ``what`` and an example.
+    """
+    index = {code: j for j, code in enumerate(vocabulary)}
+    lists = list(code_lists)
+    out = np.zeros((len(lists), len(index)), dtype=dtype)
+    unknown: list[str] = []
+    for i, codes in enumerate(lists):
+        for code in codes if codes is not None else ():
+            j = index.get(code)
+            if j is None:
+                unknown.append(code)
+            else:
+                out[i, j] = 1
+    if unknown:
+        logger.warning(
+            "%s: %d code(s) outside the vocabulary of %d were dropped (e.g. %s)",
+            what,
+            len(unknown),
+            len(index),
+            sorted(set(map(str, unknown)))[:3],
+        )
+    return out, len(unknown)
+
+
+def label_matrix(
+    samples: pd.DataFrame, vocab: Mapping, name: str = "samples", dtype: Any = np.float32
+) -> tuple[np.ndarray, int]:
+    """Multi-hot ``target`` of a samples table over ``vocab["medication"]`` and its unknown count."""
+    if "target" not in samples.columns:
+        raise ValueError(f"{name}: column 'target' (list of ATC3 codes) is missing")
+    return multi_hot(samples["target"], list(vocab["medication"]), f"{name}.target", dtype)
+
+
+# -------------------------------------------------------------------------------- predictions
+
+
+def predictions_frame(
+    sample_ids: Sequence[Any], prob: np.ndarray, medications: Sequence[str]
+) -> pd.DataFrame:
+    """A predictions table: ``sample_id`` + one float64 column per medication, in vocab order."""
+    meds = list(medications)
+    prob = np.asarray(prob, dtype=np.float64)
+    if prob.shape != (len(sample_ids), len(meds)):
+        raise ValueError(
+            f"probabilities have shape {prob.shape}, expected {(len(sample_ids), len(meds))}"
+        )
+    frame = pd.DataFrame(prob, columns=meds)
+    frame.insert(0, "sample_id", [str(s) for s in sample_ids])
+    return frame
+
+
+def prediction_matrix(
+    predictions: pd.DataFrame, samples: pd.DataFrame, medications: Sequence[str], name: str
+) -> np.ndarray:
+    """Probabilities of a predictions table aligned to ``samples`` rows and the medication order.
+
+    A table in another row order but with the same sample ids is re-ordered (logged); missing
+    columns or rows, and values outside [0, 1], are an error naming the table.
+    """
+    meds = list(medications)
+    if "sample_id" not in predictions.columns:
+        raise ValueError(
+            f"{name}: column 'sample_id' is missing (expected sample_id + {len(meds)} medication columns)"
+        )
+    missing = [m for m in meds if m not in predictions.columns]
+    if missing:
+        raise ValueError(
+            f"{name}: {len(missing)} medication column(s) of vocab['medication'] are missing, "
+            f"e.g. {missing[:5]}"
+        )
+    pred_ids = predictions["sample_id"].astype(str).tolist()
+    want = samples["sample_id"].astype(str).tolist()
+    if pred_ids != want:
+        if len(set(pred_ids)) != len(pred_ids) or set(pred_ids) != set(want):
+            only_pred = sorted(set(pred_ids) - set(want))[:5]
+            only_samples = sorted(set(want) - set(pred_ids))[:5]
+            raise ValueError(
+                f"{name}: sample_id does not match the samples of its split "
+                f"({len(pred_ids)} rows vs {len(want)} samples; only in predictions: {only_pred}; "
+                f"missing from predictions: {only_samples}). Re-run the stage that writes it."
+            )
+        logger.warning("%s: rows are not in the samples' order; re-ordering by sample_id", name)
+        predictions = predictions.set_index(predictions["sample_id"].astype(str)).loc[want]
+    prob = predictions[meds].to_numpy(dtype=np.float64)
+    if not np.isfinite(prob).all():
+        raise ValueError(f"{name}: {int((~np.isfinite(prob)).sum())} probabilities are NaN/inf")
+    if prob.size and (prob.min() < 0 or prob.max() > 1):
+        raise ValueError(
+            f"{name}: probabilities must lie in [0, 1], got [{prob.min():.4g}, {prob.max():.4g}]"
+        )
+    return prob
+
+
+# ------------------------------------------------------------------------------------- groups
+
+GROUPS = ("overall", "single_visit", "multi_visit")
+
+
+def group_masks(samples: pd.DataFrame) -> dict[str, np.ndarray]:
+    """overall / single_visit (no earlier visit) / multi_visit, as boolean masks over the rows.
+
+    The history length is ``n_past``, or the number of past medication lists when that column is
+    absent (the two agree by the samples contract).
+    """
+    if "n_past" in samples.columns:
+        n_past = samples["n_past"].to_numpy()
+    elif "medications" in samples.columns:
+        n_past = samples["medications"].map(len).to_numpy()
+    else:
+        raise ValueError(
+            "samples: neither 'n_past' nor 'medications' is present; cannot tell single- from "
+            "multi-visit patients"
+        )
+    return {
+        "overall": np.ones(len(samples), dtype=bool),
+        "single_visit": n_past == 0,
+        "multi_visit": n_past > 0,
+    }
+
+
+# ---------------------------------------------------------------------------- teacher features
+
+
+def aligned_teacher_features(
+    features: Mapping[str, Any], sample_ids: Sequence[Any], name: str = "teacher_features"
+):
+    """Rows of ``features["hidden"]`` in the order of ``sample_ids`` (a torch tensor, dtype kept).
+
+    A cache without ``sample_ids``/``hidden``, of the wrong shape, or lacking an id raises
+    :class:`StaleFeaturesError` naming the artifact and the command that rebuilds it.
+    """
+    import torch
+
+    for key in ("sample_ids", "hidden"):
+        if key not in features:
+            raise StaleFeaturesError(
+                f"{name} has no '{key}' entry (expected a dict with sample_ids, hidden, "
+                f"fingerprint, metadata); rebuild it with `{FEATURES_COMMAND}`"
+            )
+    hidden = features["hidden"]
+    if not isinstance(hidden, torch.Tensor):
+        hidden = torch.as_tensor(np.asarray(hidden))
+    if hidden.ndim != 2 or hidden.shape[0] != len(features["sample_ids"]):
+        raise StaleFeaturesError(
+            f"{name}['hidden'] has shape {tuple(hidden.shape)}; expected "
+            f"[{len(features['sample_ids'])}, H]; rebuild it with `{FEATURES_COMMAND}`"
+        )
+    position = {str(s): i for i, s in enumerate(features["sample_ids"])}
+    wanted = [str(s) for s in sample_ids]
+    missing = [s for s in wanted if s not in position]
+    if missing:
+        raise StaleFeaturesError(
+            f"{name} has no row for {len(missing)} of {len(wanted)} sample(s) (e.g. {missing[:3]}); "
+            f"the cache is stale or from another split: rebuild it with `{FEATURES_COMMAND}`"
+        )
+    return hidden.index_select(0, torch.as_tensor([position[s] for s in wanted], dtype=torch.long))
