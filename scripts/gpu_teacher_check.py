@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from leader_kedro import teacher as T
     from leader_kedro import teacher_training as TT
+    from leader_kedro.contracts import multi_hot
 
     bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
     dtype = "bfloat16" if bf16 else "float32"
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=42,
         )
         untrained = T.TeacherBundle(model.to(args.device), tok, cfg)
-        y = TT.multi_hot(s_train["target"], MEDS)
+        y, _ = multi_hot(s_train["target"], MEDS)
 
         def bce(p):
             import numpy as np

@@ -13,44 +13,87 @@ from itertools import chain
 import numpy as np
 import pandas as pd
 
+from leader_kedro.config import build_config
 from leader_kedro.contracts import (
     CODE_TYPES,
     PROFILE_FIELDS,
     SPECIAL_TOKENS,
     IngestInputError,
+    ParameterError,
 )
 
 
-@dataclass
-class IngestParams:
-    """The ``ingest`` parameters that shape the cohort (defaults = LEADER / SafeDrug values)."""
+@dataclass(frozen=True)
+class AuxFilesConfig:
+    """Public file names of the auxiliary inputs, found under ``aux_dir`` (null = not used)."""
 
+    ndc2rxnorm: str | None = "ndc2rxnorm_mapping.txt"
+    rxcui2atc4: str | None = "RXCUI2atc4.csv"
+    ndc2atc3: str | None = None
+    atc_names: str | None = "WHO ATC-DDD 2021-12-03.csv"
+    ddi_pairs_atc3: str | None = "ddi_pairs_atc3.csv"
+    twosides: str | None = "drug-DDI.csv"
+    drug_atc: str | None = "drug-atc.csv"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: str = "random"  # random (seeded shuffle) | sequential (subject-id order)
+    ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    seed: int | None = None  # null = the global seed
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """``params:ingest`` (conf/base/parameters_ingest.yml; defaults = LEADER / SafeDrug values)."""
+
+    aux_files: AuxFilesConfig = field(default_factory=AuxFilesConfig)
+    mapping_routes: tuple[str, ...] = ("rxnorm", "direct")
+    atc4_choice: str = "first_sorted"
+    drop_ndc_zero: bool = True
+    ddi_source: str = "atc3_pairs"
+    ddi_twosides_topk: int = 40
     top_k_medications: int | None = 300
     top_k_diagnoses: int | None = 2000
     top_k_procedures: int | None = None
     topk_count: str = "rows"  # rows (LEADER/SafeDrug) | visits
-    mapping_routes: list[str] = field(default_factory=lambda: ["rxnorm", "direct"])
-    drop_ndc_zero: bool = True
     visit_order: str = "admittime"  # admittime | hadm_id (published pipelines)
-    required_code_types: list[str] = field(default_factory=lambda: list(CODE_TYPES))
+    required_code_types: tuple[str, ...] = CODE_TYPES
     min_visits: int = 1
     patient_fraction: float = 1.0
     icd_title: str = "short"  # short | long (MIMIC-IV has only long titles)
     age_cap: float = 90.0
-    age_bins: list[float] = field(default_factory=lambda: [18, 30, 40, 50, 60, 70, 80, 90])
+    age_bins: tuple[float, ...] = (18, 30, 40, 50, 60, 70, 80, 90)
     smiles_filter: bool = False
+    sample_protocol: str = "last_visit"
+    eval_sample_protocol: str = "last_visit"
+    split: SplitConfig = field(default_factory=SplitConfig)
     seed: int = 42
 
+    def __post_init__(self):
+        self.validate()
+
     @classmethod
-    def from_dict(cls, params: dict | None, seed: int | None = None) -> IngestParams:
+    def from_dict(cls, params, seed: int | None = None) -> IngestConfig:
+        """The config from the ``ingest`` tree (``seed``: the global seed, unless the tree sets one).
+
+        A wrong key or type is an :class:`IngestInputError` naming ``ingest.<key>``.
+        """
+        if isinstance(params, cls):
+            return params
         params = dict(params or {})
-        known = set(cls.__dataclass_fields__)
-        kwargs = {k: v for k, v in params.items() if k in known}
-        if seed is not None and "seed" not in kwargs:
-            kwargs["seed"] = seed
-        p = cls(**kwargs)
-        p.validate()
-        return p
+        if seed is not None and "seed" not in params:
+            params["seed"] = int(seed)
+        try:
+            return build_config(cls, params, "ingest")
+        except ParameterError as exc:
+            if isinstance(exc, IngestInputError):
+                raise
+            raise IngestInputError(f"Invalid parameter: {exc}") from None
+
+    @property
+    def split_seed(self) -> int:
+        return self.split.seed if self.split.seed is not None else self.seed
 
     def validate(self) -> None:
         def bad(name, value, expected):
@@ -131,7 +174,7 @@ def ndc_to_atc3_table(
 
 
 def map_medications(
-    prescriptions: pd.DataFrame, aux: dict, p: IngestParams, source_file: str = "PRESCRIPTIONS"
+    prescriptions: pd.DataFrame, aux: dict, p: IngestConfig, source_file: str = "PRESCRIPTIONS"
 ) -> tuple[pd.DataFrame, dict, dict]:
     """Prescription rows -> (subject_id, hadm_id, atc3) rows; returns (rows, row drops, mapping stats)."""
     rx = prescriptions
@@ -243,7 +286,7 @@ def admission_age(adm: pd.DataFrame, patients: pd.DataFrame, cap: float) -> tupl
 
 
 def build_visits(
-    tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams
+    tables: dict[str, pd.DataFrame], aux: dict, p: IngestConfig
 ) -> tuple[pd.DataFrame, dict]:
     """Standard raw tables (mimic.read_raw_tables) + aux mappings -> the ``visits`` table and stats."""
     row_drops: dict[str, int] = {}
@@ -307,7 +350,7 @@ def _admission_rows(adm: pd.DataFrame, row_drops: dict) -> pd.DataFrame:
 
 
 def _code_type_rows(
-    tables: dict[str, pd.DataFrame], aux: dict, p: IngestParams, row_drops: dict
+    tables: dict[str, pd.DataFrame], aux: dict, p: IngestConfig, row_drops: dict
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """(subject_id, hadm_id, code) rows per code type (medications mapped to ATC3), mapping stats."""
     dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
@@ -330,7 +373,7 @@ def _recorded_admissions(
 
 
 def _top_k_lists(
-    rows: dict[str, pd.DataFrame], adm_ids: pd.Series, p: IngestParams, row_drops: dict
+    rows: dict[str, pd.DataFrame], adm_ids: pd.Series, p: IngestConfig, row_drops: dict
 ) -> tuple[dict[str, pd.Series], dict[str, int]]:
     """Top-k codes per type, rows of known admissions only -> (hadm_id -> code list, vocab sizes)."""
     top_k = {
@@ -392,7 +435,7 @@ def _join_code_lists(adm: pd.DataFrame, lists: dict[str, pd.Series]) -> pd.DataF
 
 
 def _sample_patients(
-    visits: pd.DataFrame, p: IngestParams, patient_drops: dict, visit_drops: dict
+    visits: pd.DataFrame, p: IngestConfig, patient_drops: dict, visit_drops: dict
 ) -> pd.DataFrame:
     """Keep a seeded random ``patient_fraction`` of the patients (everyone at 1.0)."""
     if p.patient_fraction < 1:

@@ -5,13 +5,14 @@ The Kedro nodes (pipelines/ingest/nodes.py) and the benchmark (bench.py) both ca
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from leader_kedro import mimic
 from leader_kedro.cohort import (
-    IngestParams,
+    IngestConfig,
     build_code_names,
     build_ddi_adjacency,
     build_visits,
@@ -19,51 +20,28 @@ from leader_kedro.cohort import (
     cohort_stats,
 )
 from leader_kedro.cohort_samples import build_samples, sample_stats, split_patients
+from leader_kedro.config import as_dict
 from leader_kedro.contracts import IngestInputError
 
-# Public file names of the auxiliary inputs (each overridable: ingest.aux_files.<key>).
-DEFAULT_AUX_FILES = {
-    "ndc2rxnorm": "ndc2rxnorm_mapping.txt",
-    "rxcui2atc4": "RXCUI2atc4.csv",
-    "ndc2atc3": None,
-    "atc_names": "WHO ATC-DDD 2021-12-03.csv",
-    "ddi_pairs_atc3": "ddi_pairs_atc3.csv",
-    "twosides": "drug-DDI.csv",
-    "drug_atc": "drug-atc.csv",
-}
 DDI_SOURCES = ("atc3_pairs", "twosides", "none")
-# ingest keys read here rather than by cohort.IngestParams, with their defaults
-OTHER_DEFAULTS = {
-    "atc4_choice": "first_sorted",
-    "ddi_source": "atc3_pairs",
-    "ddi_twosides_topk": 40,
-    "sample_protocol": "last_visit",
-    "eval_sample_protocol": "last_visit",
-    "split": {"method": "random", "ratios": [0.8, 0.1, 0.1], "seed": None},
-}
 
 
-def effective_params(ingest: dict, seed: int) -> dict:
-    """The ingest parameters actually used: the given ones over every default (for the report)."""
-    from dataclasses import asdict
+def ingest_config(ingest: Mapping | IngestConfig | None, seed: int) -> IngestConfig:
+    """The typed ``ingest`` config (built once per node); ``seed`` is the global seed."""
+    return IngestConfig.from_dict(ingest, seed=seed)
 
-    out = {**asdict(IngestParams.from_dict(ingest, seed=seed)), **OTHER_DEFAULTS, **ingest}
-    out["aux_files"] = aux_file_names(ingest)
-    out["split"] = {**OTHER_DEFAULTS["split"], **(ingest.get("split") or {})}
-    if out["split"]["seed"] is None:
-        out["split"]["seed"] = seed
+
+def effective_params(cfg: IngestConfig) -> dict:
+    """The ingest parameters actually used, every default filled in (for the report)."""
+    out = as_dict(cfg)
+    out["split"]["seed"] = cfg.split_seed
     return out
 
 
-def aux_file_names(ingest: dict) -> dict:
-    return {**DEFAULT_AUX_FILES, **(ingest.get("aux_files") or {})}
-
-
-def needed_aux(ingest: dict) -> dict[str, str]:
+def needed_aux(cfg: IngestConfig) -> dict[str, str]:
     """Which aux files this configuration reads (key -> file name)."""
-    names = aux_file_names(ingest)
-    routes = ingest.get("mapping_routes", ["rxnorm", "direct"])
-    ddi = ingest.get("ddi_source", "atc3_pairs")
+    names = as_dict(cfg.aux_files)
+    routes, ddi = list(cfg.mapping_routes), cfg.ddi_source
     if ddi not in DDI_SOURCES:
         raise IngestInputError(
             f"Invalid parameter `ingest.ddi_source`: {ddi!r}; expected one of {DDI_SOURCES}."
@@ -87,11 +65,11 @@ def needed_aux(ingest: dict) -> dict[str, str]:
     return out
 
 
-def locate_inputs(source: str, raw_dir: str, aux_dir: str, ingest: dict) -> dict:
+def locate_inputs(source: str, raw_dir: str, aux_dir: str, cfg: IngestConfig) -> dict:
     """Check that every input exists before anything heavy runs; returns the manifest of paths."""
     mimic.check_source(source)
     tables = mimic.locate_tables(raw_dir, source)
-    aux = {k: str(mimic.find_aux(aux_dir, name, k)) for k, name in needed_aux(ingest).items()}
+    aux = {k: str(mimic.find_aux(aux_dir, name, k)) for k, name in needed_aux(cfg).items()}
     return {
         "source": source,
         "raw_dir": str(raw_dir),
@@ -101,16 +79,14 @@ def locate_inputs(source: str, raw_dir: str, aux_dir: str, ingest: dict) -> dict
     }
 
 
-def load_aux(aux_paths: dict[str, str], ingest: dict) -> tuple[dict, dict]:
+def load_aux(aux_paths: dict[str, str], cfg: IngestConfig) -> tuple[dict, dict]:
     """Read the aux files named in the manifest; returns (aux tables, their stats)."""
     aux, stats = {}, {}
     if "ndc2rxnorm" in aux_paths:
         aux["ndc2rxnorm"] = mimic.read_ndc2rxnorm(aux_paths["ndc2rxnorm"])
         stats["ndc2rxnorm_entries"] = int(len(aux["ndc2rxnorm"]))
     if "rxcui2atc4" in aux_paths:
-        aux["rxcui2atc4"], s = mimic.read_rxcui2atc4(
-            aux_paths["rxcui2atc4"], ingest.get("atc4_choice", "first_sorted")
-        )
+        aux["rxcui2atc4"], s = mimic.read_rxcui2atc4(aux_paths["rxcui2atc4"], cfg.atc4_choice)
         stats.update(s)
     if "ndc2atc3" in aux_paths:
         aux["ndc2atc3"], s = mimic.read_ndc2atc3(aux_paths["ndc2atc3"])
@@ -123,7 +99,7 @@ def load_aux(aux_paths: dict[str, str], ingest: dict) -> tuple[dict, dict]:
         pairs, s = mimic.twosides_to_atc3_pairs(
             mimic.read_twosides(aux_paths["twosides"]),
             mimic.read_drug_atc(aux_paths["drug_atc"]),
-            int(ingest.get("ddi_twosides_topk", 40)),
+            cfg.ddi_twosides_topk,
         )
         aux["ddi_pairs"] = pairs
         stats["ddi"] = {"source": "twosides", **s}
@@ -133,13 +109,12 @@ def load_aux(aux_paths: dict[str, str], ingest: dict) -> tuple[dict, dict]:
     return aux, stats
 
 
-def build_cohort(manifest: dict, ingest: dict, seed: int) -> dict:
+def build_cohort(manifest: dict, p: IngestConfig) -> dict:
     """Manifest -> visits, vocab, code_names, ddi_adjacency and the cohort part of the report."""
-    p = IngestParams.from_dict(ingest, seed=seed)
     tables, rows_read = mimic.read_raw_tables(manifest["tables"], manifest["source"])
-    aux, aux_stats = load_aux(manifest["aux_files"], ingest)
+    aux, aux_stats = load_aux(manifest["aux_files"], p)
     visits, stats = build_visits(tables, aux, p)
-    vocab = build_vocab(visits, p.age_bins)
+    vocab = build_vocab(visits, list(p.age_bins))
     code_names, missing_names = build_code_names(vocab, tables, aux["atc_names"], p.icd_title)
     ddi = build_ddi_adjacency(vocab["medication"], aux["ddi_pairs"])
     stats["mapping"]["aux"] = aux_stats
@@ -174,17 +149,15 @@ def _cover(codes: list, n_missing: int) -> float:
     return round(1 - n_missing / len(codes), 4) if codes else 0.0
 
 
-def make_splits(visits: pd.DataFrame, ingest: dict, seed: int) -> dict:
+def make_splits(visits: pd.DataFrame, cfg: IngestConfig) -> dict:
     """visits -> samples_{train,val,test}, split_ids and the samples part of the report."""
-    split = ingest.get("split") or {}
     split_ids = split_patients(
         visits["subject_id"].unique(),
-        method=split.get("method", "random"),
-        ratios=split.get("ratios", [0.8, 0.1, 0.1]),
-        seed=int(split.get("seed", seed) if split.get("seed") is not None else seed),
+        method=cfg.split.method,
+        ratios=list(cfg.split.ratios),
+        seed=cfg.split_seed,
     )
-    train_p = ingest.get("sample_protocol", "last_visit")
-    eval_p = ingest.get("eval_sample_protocol", "last_visit")
+    train_p, eval_p = cfg.sample_protocol, cfg.eval_sample_protocol
     samples = build_samples(visits, split_ids, train_p, eval_p)
     protocols = {"train": train_p, "val": eval_p, "test": eval_p}
     return {
@@ -198,12 +171,13 @@ def run_ingest(
     source: str, raw_dir: str | Path, aux_dir: str | Path, ingest: dict, seed: int
 ) -> dict:
     """Everything in one call (benchmark, notebooks): returns the outputs and the full report."""
-    manifest = locate_inputs(source, str(raw_dir), str(aux_dir), ingest)
-    cohort = build_cohort(manifest, ingest, seed)
-    splits = make_splits(cohort["visits"], ingest, seed)
+    cfg = ingest_config(ingest, seed)
+    manifest = locate_inputs(source, str(raw_dir), str(aux_dir), cfg)
+    cohort = build_cohort(manifest, cfg)
+    splits = make_splits(cohort["visits"], cfg)
     report = {
         **cohort["report"],
         "samples": splits["report"],
-        "parameters": {"ingest": effective_params(ingest, seed), "seed": seed},
+        "parameters": {"ingest": effective_params(cfg), "seed": seed},
     }
     return {**cohort, **splits, "report": report, "manifest": manifest}

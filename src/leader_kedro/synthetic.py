@@ -30,8 +30,23 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from leader_kedro import knowledge as K
+from leader_kedro.config import build_config
 
 GENERATOR_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """``params:synthetic``: the embedded cohort written to raw_dir when ``source: synthetic``."""
+
+    n_patients: int = 1500
+    seed: int = 42
+
+
+def synthetic_config(params) -> SyntheticConfig:
+    return build_config(SyntheticConfig, params, "synthetic")
+
+
 MANIFEST_NAME = "SYNTHETIC_MANIFEST.json"
 RAW_TABLES = (
     "PATIENTS",

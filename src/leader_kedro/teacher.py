@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from leader_kedro.contracts import TeacherConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "teacher_config.json"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
-
-
-class TeacherConfigError(ValueError):
-    """A teacher parameter is invalid (unknown backbone, target module not in the model, ...)."""
 
 
 # --------------------------------------------------------------------------- backbone resolution
@@ -486,12 +483,3 @@ def load_teacher(path: str | Path, device: str | None = None, verify: bool = Tru
             f"(recomputed {bundle.fingerprint[:12]}); the directory was modified or the backbone changed"
         )
     return bundle
-
-
-def predictions_frame(sample_ids: list[str], probs: np.ndarray, medications: list[str]) -> Any:
-    """Predictions contract: ``sample_id`` + one float column per medication (vocab order)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(medications))
-    frame.insert(0, "sample_id", [str(s) for s in sample_ids])
-    return frame

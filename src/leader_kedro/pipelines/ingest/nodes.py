@@ -10,7 +10,9 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 
-def prepare_raw(source: str, raw_dir: str, aux_dir: str, synthetic: dict, ingest: dict) -> dict:
+def prepare_raw(
+    source: str, raw_dir: str, aux_dir: str, synthetic: dict, ingest: dict, seed: int
+) -> dict:
     """Write the synthetic cohort when ``source: synthetic``, then check that every input exists."""
     from leader_kedro import ingest_core, mimic
 
@@ -19,10 +21,10 @@ def prepare_raw(source: str, raw_dir: str, aux_dir: str, synthetic: dict, ingest
     if source == "synthetic":
         from leader_kedro import synthetic as synth
 
-        written = synth.write_cohort(
-            raw_dir, aux_dir, int(synthetic["n_patients"]), int(synthetic["seed"])
-        )
-    manifest = ingest_core.locate_inputs(source, raw_dir, aux_dir, ingest)
+        scfg = synth.synthetic_config(synthetic)
+        written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed)
+    cfg = ingest_core.ingest_config(ingest, seed)
+    manifest = ingest_core.locate_inputs(source, raw_dir, aux_dir, cfg)
     manifest["synthetic"] = written
     return json.loads(
         json.dumps(manifest, default=str)
@@ -33,7 +35,7 @@ def build_cohort(raw_manifest: dict, ingest: dict, seed: int):
     """Raw tables -> visits, vocab, code_names, ddi_adjacency (+ the cohort part of the report)."""
     from leader_kedro import ingest_core
 
-    out = ingest_core.build_cohort(raw_manifest, ingest, int(seed))
+    out = ingest_core.build_cohort(raw_manifest, ingest_core.ingest_config(ingest, seed))
     return out["visits"], out["vocab"], out["code_names"], out["ddi_adjacency"], out["report"]
 
 
@@ -41,7 +43,7 @@ def make_splits(visits: pd.DataFrame, ingest: dict, seed: int):
     """visits -> samples_{train,val,test}, split_ids (+ the samples part of the report)."""
     from leader_kedro import ingest_core
 
-    out = ingest_core.make_splits(visits, ingest, int(seed))
+    out = ingest_core.make_splits(visits, ingest_core.ingest_config(ingest, seed))
     s = out["samples"]
     return s["train"], s["val"], s["test"], out["split_ids"], out["report"]
 
@@ -57,7 +59,7 @@ def write_ingest_report(
         "samples": samples_report,
         "inputs": {"tables": raw_manifest["tables"], "aux_files": raw_manifest["aux_files"]},
         "parameters": {
-            "ingest": ingest_core.effective_params(ingest, int(seed)),
+            "ingest": ingest_core.effective_params(ingest_core.ingest_config(ingest, seed)),
             "seed": int(seed),
             "synthetic": raw_manifest.get("synthetic"),
         },

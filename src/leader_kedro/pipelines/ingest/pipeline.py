@@ -16,6 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:aux_dir",
                     "params:synthetic",
                     "params:ingest",
+                    "params:seed",
                 ],
                 outputs="raw_manifest",
                 name="prepare_raw",

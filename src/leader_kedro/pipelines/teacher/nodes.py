@@ -16,14 +16,16 @@ def train_teacher(
 ):
     """Fine-tune the teacher on the train prompts, early-stopped on val PRAUC."""
     from leader_kedro import teacher_training
+    from leader_kedro.config import build_config
 
+    config = build_config(teacher_training.TeacherConfig, params, "teacher")
     bundle, history = teacher_training.train_teacher(
         prompts_train,
         samples_train,
         prompts_val,
         samples_val,
         vocab["medication"],
-        params,
+        config,
         seed=int(seed),
     )
     return bundle, history
@@ -40,9 +42,10 @@ def predict_teacher(
 ):
     """Val/test probabilities (predictions contract) and the teacher card (provenance + metrics)."""
     from leader_kedro import teacher_training, tracking
+    from leader_kedro.config import build_config
 
-    threshold = float(params.get("threshold", 0.3))
-    batch_size = int(params.get("predict_batch_size", params.get("eval_batch_size", 32)))
+    config = build_config(teacher_training.TeacherConfig, params, "teacher")
+    threshold, batch_size = config.threshold, config.predict_batch_size
     pred_val, m_val = teacher_training.evaluate_split(
         teacher_model, prompts_val, samples_val, "val", threshold, batch_size
     )
