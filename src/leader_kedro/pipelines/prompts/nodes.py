@@ -20,16 +20,17 @@ def make_prompts(
     split: str,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Prompts of one split (same row order as ``samples_{split}``) and its build statistics."""
+    cfg = prompting.PromptConfig.from_params(params)
     tokenizer_name, max_length = prompting.resolve_settings(
-        params, teacher_backbone, teacher_max_length
+        cfg, teacher_backbone, teacher_max_length
     )
     out, stats = prompting.build_prompts(
         samples,
         code_names,
         prompting.get_tokenizer(tokenizer_name),
         max_length=max_length,
-        config=prompting.PromptConfig.from_params(params),
-        reserve_tokens=int(params.get("reserve_tokens", 0)),
+        config=cfg,
+        reserve_tokens=cfg.reserve_tokens,
         split=f"samples_{split}",
     )
     stats["tokenizer"], stats["max_length"] = tokenizer_name, max_length
@@ -58,9 +59,10 @@ def report_prompt_lengths(
     params: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``prompt_length_report`` (also logged to MLflow when a run is open)."""
-    settings = {k: params.get(k) for k in ("reserve_tokens", "history_visits", "profile")}
-    settings["tokenizer"] = stats_train.get("tokenizer", params.get("tokenizer"))
-    settings["max_length"] = stats_train.get("max_length", params.get("max_length"))
+    cfg = prompting.PromptConfig.from_params(params)
+    settings = {k: getattr(cfg, k) for k in ("reserve_tokens", "history_visits", "profile")}
+    settings["tokenizer"] = stats_train.get("tokenizer", cfg.tokenizer)
+    settings["max_length"] = stats_train.get("max_length", cfg.max_length)
     stats = [
         {k: v for k, v in s.items() if k not in ("tokenizer", "max_length")}
         for s in (stats_train, stats_val, stats_test)

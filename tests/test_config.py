@@ -1,0 +1,87 @@
+"""Every stage's typed config: its defaults are conf/base's values, and bad keys name their path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from leader_kedro.cohort import IngestConfig
+from leader_kedro.config import as_dict, build_config
+from leader_kedro.contracts import IngestInputError, ParameterError
+from leader_kedro.evaluation import EvaluateConfig
+from leader_kedro.features import FeaturesConfig
+from leader_kedro.prompting import PromptConfig
+from leader_kedro.student_training import DistillConfig
+from leader_kedro.synthetic import SyntheticConfig
+from leader_kedro.teacher_training import TeacherConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# paths resolved against the project root on each machine: not a fixed default
+MACHINE_PATHS = {"teacher": {"checkpoint_dir"}, "evaluate": {"report": {"gpu_results"}}}
+
+
+def _base_parameters() -> dict:
+    loader = OmegaConfigLoader(
+        str(ROOT / "conf"),
+        base_env="base",
+        default_run_env="base",
+        custom_resolvers={"project_root": lambda: str(ROOT)},
+    )
+    return loader["parameters"]
+
+
+def _drop(tree: dict, paths) -> dict:
+    out = dict(tree)
+    for key in paths:
+        if isinstance(paths, dict) and isinstance(paths[key], (set, dict)):
+            out[key] = _drop(out[key], paths[key])
+        else:
+            out.pop(key, None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "stage, cls",
+    [
+        ("distill", DistillConfig),
+        ("evaluate", EvaluateConfig),
+        ("features", FeaturesConfig),
+        ("prompts", PromptConfig),
+        ("synthetic", SyntheticConfig),
+        ("teacher", TeacherConfig),
+    ],
+)
+def test_dataclass_defaults_are_the_base_yml(stage, cls):
+    params = _base_parameters()
+    from_yml = as_dict(build_config(cls, params[stage], stage))
+    defaults = as_dict(cls())
+    paths = MACHINE_PATHS.get(stage, set())
+    assert _drop(from_yml, paths) == _drop(defaults, paths)
+
+
+def test_ingest_defaults_are_the_base_yml():
+    params = _base_parameters()
+    from_yml = IngestConfig.from_dict(params["ingest"], seed=params["seed"])
+    # the yml sets the split seed to the global seed; the dataclass leaves it null (= global seed)
+    defaults = IngestConfig.from_dict({"split": {"seed": params["seed"]}}, seed=params["seed"])
+    assert as_dict(from_yml) == as_dict(defaults)
+
+
+def test_unknown_and_mistyped_parameters_name_their_path():
+    with pytest.raises(ParameterError, match=r"distill\.training\.learning_rate"):
+        build_config(DistillConfig, {"training": {"learning_rate": 0.1}}, "distill")
+    with pytest.raises(ParameterError, match=r"distill\.training\.batch_size must be an integer"):
+        build_config(DistillConfig, {"training": {"batch_size": "16"}}, "distill")
+    with pytest.raises(ParameterError, match=r"evaluate\.protocols\.leader\.rounds"):
+        build_config(EvaluateConfig, {"protocols": {"leader": {"rounds": 2.5}}}, "evaluate")
+    with pytest.raises(IngestInputError, match=r"ingest\.top_k_medications"):
+        IngestConfig.from_dict({"top_k_medications": "many"}, seed=1)
+
+
+def test_configs_are_frozen():
+    cfg = build_config(DistillConfig, {}, "distill")
+    with pytest.raises(AttributeError):
+        cfg.threshold = 0.5  # type: ignore[misc]
