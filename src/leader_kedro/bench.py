@@ -3,7 +3,7 @@
 ``ingest``: write a synthetic cohort of N patients (timed on its own), then ingest it in a child
 process and print the ingest wall time and its peak RSS (RUSAGE_CHILDREN, so the generator's
 memory is not counted). Target on the 2-core dev machine: 100k patients in < 60 s, < 4 GiB.
-``efficiency`` is forwarded to ``leader_kedro.efficiency.main(argv)``.
+``efficiency`` is forwarded to ``leader_kedro.evaluation.efficiency.main(argv)``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _ingest_child(argv: list[str]) -> int:
     """Run in a fresh process: ingest raw_dir/aux_dir and write the outputs like the catalog does."""
     raw_dir, aux_dir, out_dir, seed = argv[0], argv[1], Path(argv[2]), int(argv[3])
     t0 = time.perf_counter()
-    from leader_kedro.ingest_core import run_ingest
+    from leader_kedro.ingest.stage import run_ingest
 
     t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -75,7 +75,7 @@ def bench_ingest(argv: list[str]) -> int:
         "--workdir", default=None, help="where the cohort is written (default: a temp dir)"
     )
     args = ap.parse_args(argv)
-    from leader_kedro import synthetic
+    from leader_kedro.synthetic import generator as synthetic
 
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
         work = Path(args.workdir or tmp)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "_ingest_child":
         return _ingest_child(rest)
     if cmd == "efficiency":
-        from leader_kedro import efficiency
+        from leader_kedro.evaluation import efficiency
 
         return int(efficiency.main(rest) or 0)
     print(f"unknown benchmark {cmd!r}; expected ingest or efficiency", file=sys.stderr)

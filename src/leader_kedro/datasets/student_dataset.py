@@ -1,7 +1,7 @@
 """``StudentModelDataset``: the trained LEADER(S) student as a versioned directory.
 
 On disk (local filesystem): ``student.safetensors`` (state dict), ``student_config.json``,
-``vocab.json`` and ``code_names.json``. Loads a :class:`leader_kedro.student.StudentBundle`.
+``vocab.json`` and ``code_names.json``. Loads a :class:`leader_kedro.student.model.StudentBundle`.
 
 Catalog::
 
@@ -49,12 +49,12 @@ class StudentModelDataset(AbstractVersionedDataset[Any, Any]):
         return path.is_dir() and (path / "student_config.json").is_file()
 
     def _load(self):
-        from leader_kedro.student import load_bundle
+        from leader_kedro.student.model import load_bundle
 
         return load_bundle(Path(str(self._get_load_path())))
 
     def _save(self, data) -> None:
-        from leader_kedro.student import StudentBundle, save_bundle
+        from leader_kedro.student.model import StudentBundle, save_bundle
 
         if not isinstance(data, StudentBundle):
             raise DatasetError(

@@ -3,7 +3,7 @@
 On disk (one directory per version): ``adapter/`` (peft ``save_pretrained``), ``head.safetensors``,
 ``teacher_config.json`` (backbone reference as given and resolved, pooling, max_length, medication
 list, LoRA settings, fingerprint) and ``tokenizer/``. The frozen backbone is *referenced*, never
-copied. ``load`` returns a :class:`leader_kedro.teacher.TeacherBundle`.
+copied. ``load`` returns a :class:`leader_kedro.teacher.model.TeacherBundle`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
         return {"filepath": self._filepath, "version": self._version, "load_args": self._load_args}
 
     def load(self):
-        from leader_kedro.teacher import load_teacher
+        from leader_kedro.teacher.model import load_teacher
 
         path = Path(str(self._get_load_path()))
         if not (path / "teacher_config.json").is_file():
@@ -58,7 +58,7 @@ class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
         return load_teacher(path, **self._load_args)
 
     def save(self, data) -> None:
-        from leader_kedro.teacher import TeacherBundle, save_teacher
+        from leader_kedro.teacher.model import TeacherBundle, save_teacher
 
         if not isinstance(data, TeacherBundle):
             raise DatasetError(

@@ -22,11 +22,11 @@ def _train(
     prompts_train,
     cfg,
 ):
-    from leader_kedro.student_training import train_student, variant_config
+    from leader_kedro.student.training import train_student, variant_config
 
     vcfg = variant_config(cfg, variant)
     if vcfg.kd.enabled and cfg.check_features:
-        from leader_kedro.features import check_fresh
+        from leader_kedro.teacher.features import check_fresh
 
         check_fresh(teacher_features, teacher_card, prompts_train)
     return train_student(
@@ -51,7 +51,7 @@ def train_student_main(
     params,
 ):
     """The main student (KD, alignment and profile as configured)."""
-    from leader_kedro.student_training import distill_config
+    from leader_kedro.student.training import distill_config
 
     return _train(
         "main",
@@ -69,7 +69,7 @@ def train_student_main(
 def predict_student(
     student_model, samples_val: pd.DataFrame, samples_test: pd.DataFrame, params: dict
 ):
-    from leader_kedro.student_training import distill_config
+    from leader_kedro.student.training import distill_config
 
     bs = distill_config(params).training.eval_batch_size
     return student_model.predictions_table(samples_val, bs), student_model.predictions_table(
@@ -92,7 +92,7 @@ def train_ablation(
     """An ablation student (``variant`` = ``no_kd`` | ``no_align``): its val/test predictions and
     training history. ``distill.ablations: false`` skips it and writes empty tables."""
     from leader_kedro.contracts import predictions_frame
-    from leader_kedro.student_training import distill_config
+    from leader_kedro.student.training import distill_config
 
     cfg = distill_config(params)
     if not cfg.ablations:
@@ -137,7 +137,7 @@ def evaluate_students(
     """
     from leader_kedro import tracking
     from leader_kedro.contracts import STUDENT_VARIANTS
-    from leader_kedro.student_training import compare_predictions, distill_config
+    from leader_kedro.student.training import compare_predictions, distill_config
 
     cfg = distill_config(params)
     students = list(STUDENT_VARIANTS.values())
@@ -176,7 +176,7 @@ def register_student(
     """Log + register the student as the MLflow pyfunc ``leader-student`` when a run is active."""
     import mlflow
 
-    from leader_kedro.student_training import distill_config
+    from leader_kedro.student.training import distill_config
 
     reg = distill_config(params).registry
     if not reg.enabled:
@@ -185,7 +185,7 @@ def register_student(
         reason = "no active MLflow run (tracking is off for this environment/pipeline)"
         logger.warning("leader-student not registered: %s", reason)
         return {"registered": False, "reason": reason}
-    from leader_kedro.serving import log_student_model
+    from leader_kedro.student.serving import log_student_model
 
     info = log_student_model(
         student_model,

@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 def baseline_mostfreq(
     samples_train: pd.DataFrame, samples_val: pd.DataFrame, samples_test: pd.DataFrame, vocab: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from leader_kedro import baselines
+    from leader_kedro.evaluation import baselines
 
     return (
         baselines.most_frequent(samples_train, samples_val, vocab),
@@ -28,8 +28,9 @@ def baseline_logreg(
     vocab: dict,
     params: dict,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from leader_kedro import baselines, tracking
-    from leader_kedro.evaluation import evaluate_config
+    from leader_kedro import tracking
+    from leader_kedro.evaluation import baselines
+    from leader_kedro.evaluation.protocols import evaluate_config
 
     cfg = evaluate_config(params)
     out, report = baselines.logreg(
@@ -56,7 +57,8 @@ def evaluate_models(
 ) -> dict[str, Any]:
     """``predictions`` holds ``{model}_val`` / ``{model}_test`` tables for every wired model;
     ``params["models"]`` picks which of them are compared, in which order."""
-    from leader_kedro import evaluation, tracking
+    from leader_kedro import tracking
+    from leader_kedro.evaluation import protocols as evaluation
 
     cfg = evaluation.evaluate_config(params)
     models = list(cfg.models)
@@ -86,8 +88,9 @@ def measure_efficiency(
     samples_test: pd.DataFrame,
     params: dict,
 ) -> dict[str, Any]:
-    from leader_kedro import efficiency, tracking
-    from leader_kedro.evaluation import evaluate_config
+    from leader_kedro import tracking
+    from leader_kedro.evaluation import efficiency
+    from leader_kedro.evaluation.protocols import evaluate_config
 
     p = evaluate_config(params).efficiency
     if not p.enabled:
@@ -121,8 +124,8 @@ def measure_efficiency(
 
 def make_report(metrics: dict, efficiency: dict, ingest_report: dict, params: dict):
     """Markdown report + three figures (PRAUC by group, accuracy vs DDI, efficiency)."""
-    from leader_kedro import report
-    from leader_kedro.evaluation import evaluate_config
+    from leader_kedro.evaluation import report
+    from leader_kedro.evaluation.protocols import evaluate_config
 
     p = evaluate_config(params).report
     labels = p.model_labels

@@ -1,4 +1,4 @@
-"""Thin nodes of the features stage: unpack params, call ``leader_kedro.features``."""
+"""Thin nodes of the features stage: unpack params, call ``leader_kedro.teacher.features``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from leader_kedro import features, tracking
+from leader_kedro import tracking
 from leader_kedro.contracts import FEATURES_COMMAND
+from leader_kedro.teacher import features
 
 
 def extract(

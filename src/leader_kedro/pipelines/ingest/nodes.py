@@ -14,12 +14,13 @@ def prepare_raw(
     source: str, raw_dir: str, aux_dir: str, synthetic: dict, ingest: dict, seed: int
 ) -> dict:
     """Write the synthetic cohort when ``source: synthetic``, then check that every input exists."""
-    from leader_kedro import ingest_core, mimic
+    from leader_kedro.ingest import readers as mimic
+    from leader_kedro.ingest import stage as ingest_core
 
     mimic.check_source(source)
     written = None
     if source == "synthetic":
-        from leader_kedro import synthetic as synth
+        from leader_kedro.synthetic import generator as synth
 
         scfg = synth.synthetic_config(synthetic)
         written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed)
@@ -33,7 +34,7 @@ def prepare_raw(
 
 def build_cohort(raw_manifest: dict, ingest: dict, seed: int):
     """Raw tables -> visits, vocab, code_names, ddi_adjacency (+ the cohort part of the report)."""
-    from leader_kedro import ingest_core
+    from leader_kedro.ingest import stage as ingest_core
 
     out = ingest_core.build_cohort(raw_manifest, ingest_core.ingest_config(ingest, seed))
     return out["visits"], out["vocab"], out["code_names"], out["ddi_adjacency"], out["report"]
@@ -41,7 +42,7 @@ def build_cohort(raw_manifest: dict, ingest: dict, seed: int):
 
 def make_splits(visits: pd.DataFrame, ingest: dict, seed: int):
     """visits -> samples_{train,val,test}, split_ids (+ the samples part of the report)."""
-    from leader_kedro import ingest_core
+    from leader_kedro.ingest import stage as ingest_core
 
     out = ingest_core.make_splits(visits, ingest_core.ingest_config(ingest, seed))
     s = out["samples"]
@@ -52,7 +53,8 @@ def write_ingest_report(
     raw_manifest: dict, cohort_report: dict, samples_report: dict, ingest: dict, seed: int
 ) -> dict:
     """Assemble ``ingest_report`` and log it (and the headline figures) to MLflow when a run is open."""
-    from leader_kedro import ingest_core, tracking
+    from leader_kedro import tracking
+    from leader_kedro.ingest import stage as ingest_core
 
     report = {
         **cohort_report,

@@ -1,4 +1,4 @@
-"""Thin nodes of the prompts stage: unpack params, call ``leader_kedro.prompting``."""
+"""Thin nodes of the prompts stage: unpack params, call ``leader_kedro.teacher.prompts``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from leader_kedro import prompting, tracking
+from leader_kedro import tracking
+from leader_kedro.teacher import prompts as prompting
 
 SPLITS = ("train", "val", "test")
 

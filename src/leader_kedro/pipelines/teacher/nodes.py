@@ -15,8 +15,8 @@ def train_teacher(
     seed: int,
 ):
     """Fine-tune the teacher on the train prompts, early-stopped on val PRAUC."""
-    from leader_kedro import teacher_training
     from leader_kedro.config import build_config
+    from leader_kedro.teacher import training as teacher_training
 
     config = build_config(teacher_training.TeacherConfig, params, "teacher")
     bundle, history = teacher_training.train_teacher(
@@ -41,8 +41,9 @@ def predict_teacher(
     params: dict,
 ):
     """Val/test probabilities (predictions contract) and the teacher card (provenance + metrics)."""
-    from leader_kedro import teacher_training, tracking
+    from leader_kedro import tracking
     from leader_kedro.config import build_config
+    from leader_kedro.teacher import training as teacher_training
 
     config = build_config(teacher_training.TeacherConfig, params, "teacher")
     threshold, batch_size = config.threshold, config.predict_batch_size

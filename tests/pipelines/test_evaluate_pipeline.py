@@ -1,0 +1,150 @@
+"""The evaluate pipeline end to end on an in-memory catalog (tiny cohort, tiny real models)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from tiny_cohort import make_tiny_cohort, tiny_teacher  # noqa: E402
+
+from leader_kedro import contracts as C  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _params(seed=0):
+    text = (
+        (ROOT / "conf" / "test" / "parameters_evaluate.yml")
+        .read_text()
+        .replace("${seed}", str(seed))
+    )
+    p = yaml.safe_load(text)["evaluate"]
+    p["efficiency"].update(
+        {
+            "batch_sizes": [1, 4],
+            "latency_samples": 2,
+            "throughput_samples": 4,
+            "warmup": 0,
+            "num_threads": 1,
+        }
+    )
+    return p
+
+
+def _pred(samples, vocab, seed, noise):
+    rng = np.random.default_rng(seed)
+    y, _ = C.label_matrix(samples, vocab)
+    return C.predictions_frame(
+        samples["sample_id"].tolist(),
+        np.clip(0.6 * y + noise * rng.random(y.shape), 0, 1),
+        vocab["medication"],
+    )
+
+
+@pytest.fixture(scope="module")
+def run_outputs(tmp_path_factory):
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    from leader_kedro.pipelines.evaluate import create_pipeline
+    from leader_kedro.student.model import LeaderStudent, StudentBundle, make_config
+
+    c = make_tiny_cohort(n_patients=60, seed=5)
+    vocab = c["vocab"]
+    scfg = make_config(
+        vocab, {"kd_enabled": False, "hidden_size": 16, "n_heads": 2, "intermediate_size": 32}
+    )
+    data = {
+        "samples_train": c["samples_train"],
+        "samples_val": c["samples_val"],
+        "samples_test": c["samples_test"],
+        "vocab": vocab,
+        "ddi_adjacency": c["ddi_adjacency"],
+        "params:evaluate": _params(),
+        "ingest_report": {"source": "tiny", "cohort": {"patients": 60}},
+        "teacher_model": tiny_teacher(tmp_path_factory.mktemp("tiny_bert"), vocab["medication"]),
+        "student_model": StudentBundle(LeaderStudent(scfg), scfg, vocab),
+        "prompts_test": pd.DataFrame(
+            {
+                "sample_id": c["samples_test"]["sample_id"],
+                "prompt": [f"visit {i}" for i in range(len(c["samples_test"]))],
+            }
+        ),
+    }
+    for k, m in enumerate(("teacher", "student", "student_no_kd", "student_no_align")):
+        for split in ("val", "test"):
+            data[f"{m}_predictions_{split}"] = _pred(
+                c[f"samples_{split}"], vocab, 10 * k + len(split), 0.3 + 0.2 * k
+            )
+    pipeline = create_pipeline()
+    catalog = DataCatalog(
+        {name: MemoryDataset(value, copy_mode="assign") for name, value in data.items()}
+    )
+
+    class Kept(MemoryDataset):  # the runner releases intermediates; keep them for the asserts
+        def _release(self) -> None:
+            pass
+
+    for out in pipeline.outputs() | {"metrics", "efficiency", "baseline_logreg_predictions_test"}:
+        if out not in data:
+            catalog[out] = Kept(copy_mode="assign")
+    SequentialRunner().run(pipeline, catalog)
+    return {
+        name: catalog.load(name)
+        for name in (
+            "metrics",
+            "efficiency",
+            "report",
+            "plot_prauc_by_group",
+            "baseline_logreg_predictions_test",
+        )
+    }, c
+
+
+def test_pipeline_produces_report_and_metrics(run_outputs):
+    out, c = run_outputs
+    metrics = out["metrics"]
+    assert list(metrics["models"]) == [
+        "teacher",
+        "student",
+        "student_no_kd",
+        "student_no_align",
+        "baseline_mostfreq",
+        "baseline_logreg",
+    ]
+    assert metrics["groups"]["overall"]["samples"] == len(c["samples_test"])
+    assert set(metrics["postprocess"]) == {"teacher", "student"}
+    assert out["efficiency"]["enabled"] and out["efficiency"]["student"]["throughput"]["4"] > 0
+    md = out["report"]
+    assert "Multi-hot logistic regression" in md and "Efficiency: teacher vs student" in md
+    assert hasattr(out["plot_prauc_by_group"], "savefig")
+    assert list(out["baseline_logreg_predictions_test"].columns) == [
+        "sample_id",
+        *c["vocab"]["medication"],
+    ]
+
+
+def test_unwired_model_is_a_clear_error():
+    from leader_kedro.pipelines.evaluate import nodes
+
+    c = make_tiny_cohort(n_patients=30, seed=1)
+    params = dict(_params(), models=["teacher", "mystery"])
+    preds = {f"teacher_{s}": _pred(c[f"samples_{s}"], c["vocab"], 0, 0.3) for s in ("val", "test")}
+    with pytest.raises(ValueError, match="mystery"):
+        nodes.evaluate_models(
+            c["samples_val"], c["samples_test"], c["vocab"], c["ddi_adjacency"], params, **preds
+        )
+
+
+def test_pipeline_import_is_light():
+    import subprocess
+
+    code = (
+        "import sys; import leader_kedro.pipelines.evaluate.pipeline; "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'sklearn', 'matplotlib') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

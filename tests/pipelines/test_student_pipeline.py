@@ -1,0 +1,150 @@
+"""The distill pipeline on an in-memory catalog: outputs, metrics, ablations, stale features."""
+
+from pathlib import Path
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from kedro.io import DataCatalog, MemoryDataset  # noqa: E402
+from kedro.runner import SequentialRunner  # noqa: E402
+from tiny_cohort import make_tiny_cohort  # noqa: E402
+
+from leader_kedro.contracts import StaleFeaturesError  # noqa: E402
+from leader_kedro.pipelines.distill import create_pipeline  # noqa: E402
+from leader_kedro.teacher.features import expected_fingerprint  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((PROJECT / "conf/test/parameters_distill.yml").read_text())["distill"]
+    params["training"]["seed"] = 42
+    return params
+
+
+def base_params() -> dict:
+    params = yaml.safe_load((PROJECT / "conf/base/parameters_distill.yml").read_text())["distill"]
+    params["training"]["seed"] = 42
+    return params
+
+
+def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
+    cohort = make_tiny_cohort(60, seed=1)
+    train, test = cohort["samples_train"], cohort["samples_test"]
+    prompts = pd.DataFrame(
+        {"sample_id": train["sample_id"], "prompt": [f"patient {s}" for s in train["sample_id"]]}
+    )
+    card = {
+        "backbone": "tiny",
+        "fingerprint": "abc123",
+        "max_length": 64,
+        "pooling": "mean",
+        "hidden_size": 12,
+    }
+    gen = torch.Generator().manual_seed(0)
+    features = {
+        "sample_ids": list(train["sample_id"]),
+        "hidden": torch.randn(len(train), 12, generator=gen).to(torch.float16),
+        "fingerprint": expected_fingerprint(card, prompts),
+        "metadata": {"teacher_fingerprint": "abc123"},
+    }
+    if stale:
+        card = dict(card, fingerprint="retrained")
+    rng = np.random.default_rng(0)
+    teacher = pd.DataFrame(
+        rng.uniform(size=(len(test), len(cohort["vocab"]["medication"]))),
+        columns=cohort["vocab"]["medication"],
+    )
+    teacher.insert(0, "sample_id", test["sample_id"].astype(str))
+    params = tiny_params()
+    params["ablations"] = ablations
+    return {
+        "samples_train": train,
+        "samples_val": cohort["samples_val"],
+        "samples_test": test,
+        "vocab": cohort["vocab"],
+        "code_names": cohort["code_names"],
+        "teacher_features": features,
+        "teacher_card": card,
+        "prompts_train": prompts,
+        "teacher_predictions_test": teacher,
+        "params:distill": params,
+    }
+
+
+class KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so intermediate outputs can be inspected."""
+
+    def _release(self) -> None:
+        pass
+
+
+def run(inputs: dict) -> DataCatalog:
+    pipe = create_pipeline()
+    catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})
+    for name in pipe.all_outputs():
+        catalog[name] = KeptDataset()
+    SequentialRunner().run(pipe, catalog)
+    return catalog
+
+
+def test_base_and_test_parameters_share_keys():
+    def keys(d, prefix=""):
+        return {prefix + k for k in d} | {
+            x for k, v in d.items() if isinstance(v, dict) for x in keys(v, f"{prefix}{k}.")
+        }
+
+    assert keys(tiny_params()) == keys(base_params())
+
+
+def test_distill_pipeline_trains_all_variants_and_reports():
+    inputs = make_inputs()
+    catalog = run(inputs)
+    meds = inputs["vocab"]["medication"]
+    for name in ("student", "student_no_kd", "student_no_align"):
+        for split in ("val", "test"):
+            table = catalog.load(f"{name}_predictions_{split}")
+            assert list(table.columns) == ["sample_id", *meds]
+            assert (
+                table["sample_id"].tolist()
+                == inputs[f"samples_{split}"]["sample_id"].astype(str).tolist()
+            )
+            values = table[meds].to_numpy()
+            assert ((values >= 0) & (values <= 1)).all()
+    metrics = catalog.load("distill_metrics")
+    assert metrics["threshold"] == 0.3
+    for name in ("student", "student_no_kd", "student_no_align", "teacher"):
+        for group in ("overall", "single_visit", "multi_visit"):
+            assert set(metrics["test"][name][group]) >= {"prauc", "jaccard", "f1"}
+    assert metrics["groups"]["overall"] == len(inputs["samples_test"])
+    history = catalog.load("student_training_history")
+    assert history["student"]["config"]["kd_enabled"] is True
+    assert history["student_no_kd"]["config"]["kd_enabled"] is False
+    assert history["student_no_kd"]["loss_weights"]["alpha"] == 0.0
+    assert history["student_no_align"]["config"]["align_enabled"] is False
+    assert history["student_no_align"]["loss_weights"]["beta"] == 0.0
+    # tracking is off here: registration is skipped with the reason, not an error
+    reg = catalog.load("student_registration")
+    assert reg["registered"] is False and "MLflow run" in reg["reason"]
+    bundle = catalog.load("student_model")
+    assert bundle.predict_proba(inputs["samples_test"]).shape == (
+        len(inputs["samples_test"]),
+        len(meds),
+    )
+
+
+def test_ablations_switch_skips_the_extra_students():
+    catalog = run(make_inputs(ablations=False))
+    assert len(catalog.load("student_no_kd_predictions_test")) == 0
+    metrics = catalog.load("distill_metrics")
+    assert metrics["test"]["student_no_kd"] is None and metrics["test"]["student"] is not None
+    assert metrics["training"]["student_no_align"]["skipped"] is True
+
+
+def test_stale_features_name_the_artifact_and_the_command():
+    with pytest.raises(
+        StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"
+    ):
+        run(make_inputs(stale=True))

@@ -1,0 +1,308 @@
+"""LEADER(S) student: batching (window, masks, alignment ids), loss terms, training, persistence."""
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny_cohort import make_tiny_cohort  # noqa: E402
+
+from leader_kedro.contracts import (
+    StaleFeaturesError,  # noqa: E402
+    aligned_teacher_features,  # noqa: E402
+)
+from leader_kedro.student.model import (  # noqa: E402
+    LeaderStudent,
+    collate,
+    encode_samples,
+    make_config,
+    student_loss,
+)
+from leader_kedro.student.training import (  # noqa: E402
+    compare_predictions,
+    train_student,
+)
+
+SMALL = {
+    "hidden_size": 16,
+    "n_heads": 2,
+    "intermediate_size": 32,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+}
+PARAMS = {
+    "model": SMALL,
+    "kd": {"enabled": True, "alpha": 0.4},
+    "align": {"enabled": True, "beta": 0.005, "tau": 0.1},
+    "training": {
+        "lr": 0.002,
+        "batch_size": 16,
+        "max_epochs": 3,
+        "patience": 2,
+        "seed": 7,
+        "progress": False,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_tiny_cohort(60, seed=0)
+
+
+def fake_features(samples: pd.DataFrame, hidden: int = 12, seed: int = 0) -> dict:
+    """Random float16 teacher features: an input to the student, not a mock of the teacher."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "sample_ids": [str(s) for s in samples["sample_id"]],
+        "hidden": torch.randn(len(samples), hidden, generator=gen).to(torch.float16),
+        "fingerprint": "test",
+        "metadata": {},
+    }
+
+
+def one_patient(n_visits: int, vocab: dict) -> pd.DataFrame:
+    meds, dx, px = vocab["medication"], vocab["diagnosis"], vocab["procedure"]
+    return pd.DataFrame(
+        [
+            {
+                "sample_id": "1_1",
+                "subject_id": 1,
+                "hadm_id": 1,
+                "n_past": n_visits - 1,
+                "diagnoses": [[dx[v % len(dx)]] for v in range(n_visits)],
+                "procedures": [[px[v % len(px)]] for v in range(n_visits)],
+                "medications": [[meds[v % len(meds)]] for v in range(n_visits - 1)],
+                "target": [meds[0], meds[3]],
+                "gender": "F",
+                "age": 71.0,
+                "insurance": "Medicare",
+                "language": "ENGL",
+                "marital_status": "MARRIED",
+                "ethnicity": "WHITE",
+                "admission_type": "EMERGENCY",
+            }
+        ]
+    )
+
+
+def model_for(vocab, **overrides):
+    torch.manual_seed(0)
+    cfg = make_config(vocab, {**SMALL, "teacher_hidden_size": 12, **overrides})
+    return LeaderStudent(cfg)
+
+
+def test_single_visit_patient_has_profile_only_med_stream(cohort):
+    vocab = cohort["vocab"]
+    enc = encode_samples(one_patient(1, vocab), vocab)
+    batch = collate(enc, [0])
+    assert batch["diagnoses"].shape[:2] == (1, 1)
+    assert batch["visit_mask"].tolist() == [[True]]
+    assert batch["positions"].tolist() == [[0]]
+    # no past medications: slot 0 (the profile's slot) is empty
+    assert (batch["medications"] == 0).all()
+    model = model_for(vocab).eval()
+    out = model(batch)
+    assert torch.isfinite(out["logits"]).all() and out["logits"].shape == (
+        1,
+        len(vocab["medication"]),
+    )
+    # the medication stream is the profile prompt: changing the profile changes the prediction
+    other = dict(batch, profile=batch["profile"].clone())
+    other["profile"][0, 0] = (other["profile"][0, 0] + 1) % len(vocab["profile"]["gender"])
+    assert not torch.allclose(model(other)["logits"], out["logits"])
+
+
+def test_window_keeps_last_visits_including_current(cohort):
+    vocab = cohort["vocab"]
+    tok = {t: i for i, t in enumerate(vocab["tokens"])}
+    sample = one_patient(12, vocab)
+    enc = encode_samples(sample, vocab, max_visits=10)
+    assert enc.report["samples_visits_truncated"] == 1
+    assert enc.report["visits_dropped_by_window"] == 2
+    batch = collate(enc, [0])
+    assert batch["diagnoses"].shape[:2] == (1, 10)
+    assert batch["visit_mask"].all()
+    assert batch["positions"][0].tolist() == list(range(9, -1, -1))
+    dx = sample.loc[0, "diagnoses"]
+    # window = visits 2..11; the current (12th) visit is the last slot
+    assert batch["diagnoses"][0, -1, 0].item() == tok[f"D_{dx[11][0]}"]
+    assert batch["diagnoses"][0, 0, 0].item() == tok[f"D_{dx[2][0]}"]
+    rx = sample.loc[0, "medications"]
+    assert (batch["medications"][0, 0] == 0).all()  # the profile slot
+    for t in range(1, 10):  # slot t holds the medications of window visit t-1
+        assert batch["medications"][0, t, 0].item() == tok[f"M_{rx[2 + t - 1][0]}"]
+
+
+def test_codes_beyond_max_codes_are_cut_and_counted(cohort):
+    vocab = cohort["vocab"]
+    sample = one_patient(2, vocab)
+    sample.at[0, "diagnoses"] = [
+        list(vocab["diagnosis"]),
+        list(vocab["diagnosis"]) + ["NOT_A_CODE"],
+    ]
+    enc = encode_samples(sample, vocab, max_codes=3)
+    assert enc.report["codes_truncated"] == 2 * (len(vocab["diagnosis"]) - 3)
+    assert enc.report["visits_codes_truncated"] == 2
+    assert enc.report["unknown_codes_dropped"]["diagnosis"] == 1
+    assert collate(enc, [0])["diagnoses"].shape[2] == 3
+
+
+def test_alignment_uses_medication_token_ids(cohort):
+    vocab = cohort["vocab"]
+    samples = cohort["samples_train"].head(8)
+    enc = encode_samples(samples, vocab)
+    batch = collate(enc, range(8))
+    for b, target in enumerate(samples["target"]):
+        ids = [i for i in batch["target_tokens"][b].tolist() if i != 0]
+        expected = [vocab["tokens"].index(f"M_{m}") for m in target]
+        assert ids == expected
+        # the published bug used the medication-vocabulary index instead
+        assert ids != [vocab["medication"].index(m) for m in target]
+        assert all(vocab["tokens"][i].startswith("M_") for i in ids)
+        hot = np.nonzero(batch["targets"][b].numpy())[0].tolist()
+        assert sorted(vocab["medication"][k] for k in hot) == sorted(target)
+
+
+def test_one_optimiser_step_lowers_the_loss(cohort):
+    vocab = cohort["vocab"]
+    samples = cohort["samples_train"]
+    feats = fake_features(samples)
+    enc = encode_samples(samples, vocab)
+    batch = collate(enc, range(32), aligned_teacher_features(feats, list(samples["sample_id"])))
+    model = model_for(vocab)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = student_loss(model, batch)
+    opt.zero_grad()
+    before["total"].backward()
+    opt.step()
+    after = student_loss(model, batch)
+    assert after["total"].item() < before["total"].item()
+    assert before["kd"].item() > 0 and before["align"].item() > 0
+
+
+def test_switches_change_the_loss_terms(cohort):
+    vocab = cohort["vocab"]
+    samples = cohort["samples_train"]
+    feats = fake_features(samples)
+    enc = encode_samples(samples, vocab)
+    batch = collate(enc, range(16), aligned_teacher_features(feats, list(samples["sample_id"])))
+
+    model = model_for(vocab)
+    terms = student_loss(model, batch, alpha=0.0, beta=0.005)
+    terms["total"].backward()
+    assert terms["kd"].item() == 0.0
+    assert model.projector.weight.grad is None  # alpha = 0: no gradient into the KD projector
+    assert model.x_projector.weight.grad is not None
+
+    model = model_for(vocab)
+    terms = student_loss(model, batch, alpha=0.4, beta=0.0)
+    terms["total"].backward()
+    assert model.projector.weight.grad.abs().sum() > 0
+    assert model.x_projector.weight.grad is None
+    assert torch.isclose(terms["total"], terms["bce"] + 0.4 * terms["kd"])
+
+    no_kd = model_for(vocab, kd_enabled=False, align_enabled=False)
+    assert no_kd.projector is None and not hasattr(no_kd, "x_projector")
+    terms = student_loss(no_kd, batch)
+    assert terms["kd"].item() == 0.0 and terms["align"].item() == 0.0
+    assert torch.isclose(terms["total"], terms["bce"])
+
+    no_profile = model_for(vocab, profile_enabled=False, align_enabled=False)
+    assert not hasattr(no_profile, "profile_embeddings")
+    with pytest.raises(ValueError, match="align_enabled needs profile_enabled"):
+        make_config(
+            vocab, {"profile_enabled": False, "align_enabled": True, "teacher_hidden_size": 12}
+        )
+
+
+def test_training_is_deterministic_and_learns(cohort):
+    vocab = cohort["vocab"]
+    train, val, test = cohort["samples_train"], cohort["samples_val"], cohort["samples_test"]
+    feats = fake_features(train)
+    b1, h1 = train_student(train, val, vocab, PARAMS, feats, cohort["code_names"])
+    b2, h2 = train_student(train, val, vocab, PARAMS, feats, cohort["code_names"])
+    p1, p2 = b1.predict_proba(test), b2.predict_proba(test)
+    assert p1.shape == (len(test), len(vocab["medication"]))
+    np.testing.assert_array_equal(p1, p2)
+    assert [r["train_total"] for r in h1["history"]] == [r["train_total"] for r in h2["history"]]
+    assert h1["history"][-1]["train_total"] < h1["history"][0]["train_total"]
+    assert 1 <= h1["best_epoch"] <= h1["epochs_run"] <= 3
+    other = dict(PARAMS, training={**PARAMS["training"], "seed": 8})
+    b3, _ = train_student(train, val, vocab, other, feats)
+    assert not np.array_equal(p1, b3.predict_proba(test))
+
+
+def test_missing_train_features_name_the_artifact_and_command(cohort):
+    train = cohort["samples_train"]
+    feats = fake_features(train.iloc[1:])
+    with pytest.raises(
+        StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"
+    ):
+        train_student(train, cohort["samples_val"], cohort["vocab"], PARAMS, feats)
+    with pytest.raises(ValueError, match="teacher_features"):
+        train_student(train, cohort["samples_val"], cohort["vocab"], PARAMS, None)
+
+
+def test_bad_samples_are_rejected_with_the_column(cohort):
+    vocab = cohort["vocab"]
+    with pytest.raises(ValueError, match="target"):
+        encode_samples(cohort["samples_train"].drop(columns=["target"]), vocab)
+    bad = one_patient(3, vocab)
+    bad.at[0, "medications"] = bad.loc[0, "medications"] + [["A02B"]]
+    with pytest.raises(ValueError, match="current visit last"):
+        encode_samples(bad, vocab)
+
+
+def test_student_dataset_round_trip(cohort, tmp_path):
+    from kedro.io.core import Version
+
+    from leader_kedro.datasets.student_dataset import StudentModelDataset
+
+    vocab, test = cohort["vocab"], cohort["samples_test"]
+    params = {
+        **PARAMS,
+        "kd": {"enabled": False},
+        "training": {**PARAMS["training"], "max_epochs": 1},
+    }
+    bundle, _ = train_student(
+        cohort["samples_train"], cohort["samples_val"], vocab, params, None, cohort["code_names"]
+    )
+    ds = StudentModelDataset(str(tmp_path / "student_model"), version=Version(None, None))
+    assert not ds.exists()
+    ds.save(bundle)
+    assert ds.exists()
+    saved = next((tmp_path / "student_model").iterdir()) / "student_model"
+    assert {p.name for p in saved.iterdir()} == {
+        "student.safetensors",
+        "student_config.json",
+        "vocab.json",
+        "code_names.json",
+    }
+    loaded = StudentModelDataset(
+        str(tmp_path / "student_model"), version=Version(None, None)
+    ).load()
+    assert loaded.n_parameters == bundle.n_parameters
+    assert not loaded.module.training
+    np.testing.assert_allclose(
+        loaded.predict_proba(test), bundle.predict_proba(test), rtol=0, atol=1e-6
+    )
+    table = loaded.predictions_table(test)
+    assert list(table.columns) == ["sample_id", *vocab["medication"]]
+    assert table["sample_id"].tolist() == test["sample_id"].astype(str).tolist()
+
+
+def test_compare_predictions_groups(cohort):
+    vocab, test = cohort["vocab"], cohort["samples_test"]
+    from leader_kedro.contracts import label_matrix, predictions_frame
+
+    perfect = predictions_frame(
+        test["sample_id"], label_matrix(test, vocab)[0], vocab["medication"]
+    )
+    out = compare_predictions(test, vocab, {"oracle": perfect.iloc[::-1], "skipped": None})
+    assert out["test"]["skipped"] is None
+    assert out["test"]["oracle"]["overall"]["prauc"] == pytest.approx(1.0)
+    assert out["test"]["oracle"]["overall"]["jaccard"] == pytest.approx(1.0)
+    n = out["groups"]
+    assert n["single_visit"] + n["multi_visit"] == n["overall"] == len(test)
+    assert n["single_visit"] == int((test["n_past"] == 0).sum())
