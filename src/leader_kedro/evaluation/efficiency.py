@@ -1,6 +1,6 @@
 """Teacher vs student inference efficiency on the same device and the same test samples.
 
-What is measured (the LEADER code only printed "time per sample"; see LEADER_METHOD.md §5):
+What is measured (the LEADER code only printed "time per sample"; see docs/method.md §5):
 
 - **latency** per sample at batch 1: p50 and p95 over a fixed subset (the first
   ``latency_samples`` test samples), each call timed end to end from input (prompt text for the

@@ -1,4 +1,4 @@
-"""LEADER(S): the ID-based student (LEADER_METHOD.md §4), with the official code's defects fixed.
+"""LEADER(S): the ID-based student (docs/method.md §4), with the official code's defects fixed.
 
 Importable without Kedro. Two halves:
 

@@ -1,6 +1,6 @@
 """Prompt construction for the LEADER teacher: one text prompt per sample, names not IDs.
 
-Template (LEADER_METHOD.md §2, the intended format with the C1 bug fixed)::
+Template (docs/method.md §2, the intended format with the C1 bug fixed)::
 
     The patient has {n_past} times ICU visits.
     In visit {k}, the patient had diagnosis: ...; procedures: .... The patient was prescribed drugs: ....
@@ -82,7 +82,8 @@ class PromptConfig:
     empty: str = "none"
     unnamed_template: str = "code {code}"
     cut_marker: str = " ..."
-    # True reproduces the published code's bug C1 (current diagnoses in every past visit), for ablations.
+    # True reproduces the published bug C1 (docs/method.md §9: current diagnoses in every past
+    # visit), for ablations.
     reproduce_history_diagnosis_bug: bool = False
 
     @classmethod
