@@ -31,16 +31,17 @@ ADMISSIONS = [  # subject, hadm, admittime, type, insurance, language, marital, 
     (4, 41, "2150-01-01 08:00:00", "EMERGENCY", "Private", "ENGL", "SINGLE", "WHITE"),
     (5, 51, "2150-01-01 08:00:00", "EMERGENCY", "Private", "ENGL", "SINGLE", "WHITE"),
 ]
-DIAGNOSES = [
-    (1, 11, "3893"),
-    (1, 11, "4019"),
-    (1, 12, "4019"),
-    (2, 21, "4019"),
-    (2, 21, "25000"),
-    (3, 31, "42731"),
-    (3, 32, "42731"),
-    (4, 41, "4019"),
-    (5, 51, "4019"),
+DIAGNOSES = [  # subject, hadm, code, SEQ_NUM (file order is not SEQ_NUM order)
+    (1, 11, "3893", 2),
+    (1, 11, "4019", 1),  # the principal diagnosis of 11, listed second in the file
+    (1, 12, "4019", 1),
+    (2, 21, "4019", 2),
+    (2, 21, "25000", 1),
+    (2, 21, "4019", 3),  # listed twice: keeps its first position (SEQ_NUM 2)
+    (3, 31, "42731", 1),
+    (3, 32, "42731", 1),
+    (4, 41, "4019", 1),
+    (5, 51, "4019", 1),
 ]
 PROCEDURES = [
     (1, 11, "3893"),
@@ -124,7 +125,10 @@ def write_raw(raw: Path, upper: bool = True, gz: bool = False) -> Path:
         save(
             name,
             pd.DataFrame(
-                [(i, s, h, 1, c) for i, (s, h, c) in enumerate(rows)],
+                [
+                    (i, *row[:2], row[3] if len(row) > 3 else 1, row[2])
+                    for i, row in enumerate(rows)
+                ],
                 columns=["ROW_ID", "SUBJECT_ID", "HADM_ID", "SEQ_NUM", "ICD9_CODE"],
             ),
         )

@@ -31,7 +31,7 @@ def test_visits_follow_the_contract_and_drops_are_counted(dirs):
     assert v["visit_index"].tolist() == [0, 1, 0, 0]
     assert pd.api.types.is_datetime64_any_dtype(v["admittime"])
     row = v.set_index("hadm_id").loc[11]
-    assert row["diagnoses"] == ["3893", "4019"] and row["procedures"] == ["3893"]
+    assert row["diagnoses"] == ["4019", "3893"] and row["procedures"] == ["3893"]  # SEQ_NUM order
     assert row["medications"] == ["B01A", "N02B"]  # R2 has C10AA and B01AC: first sorted wins
     assert v.set_index("hadm_id").loc[12, "medications"] == [
         "C07A",
@@ -145,7 +145,7 @@ def test_last_visit_vs_every_visit_protocol(dirs):
         assert len(row["diagnoses"]) == len(row["procedures"]) == row["n_past"] + 1
         assert len(row["medications"]) == row["n_past"]
         assert row["sample_id"] == f"{row['subject_id']}_{row['hadm_id']}"
-    assert s.loc[11, "diagnoses"] == [["4019"], ["3893", "4019"]]  # current visit last
+    assert s.loc[11, "diagnoses"] == [["4019"], ["4019", "3893"]]  # current visit last
     assert s.loc[11, "target"] == ["B01A", "N02B"]
 
 
@@ -257,3 +257,10 @@ def test_direct_route_reads_fabkury_ndc11_atc4_tables(dirs):
     v = out["visits"].set_index("hadm_id")
     assert v.loc[12, "medications"] == ["A01A", "N02B"]  # several ATC4 for one NDC: first sorted
     assert out["report"]["mapping"]["aux"]["ndc_with_several_atc3"] == 1
+
+
+def test_codes_keep_seq_num_order_and_duplicates_their_first_position(dirs):
+    v = run(dirs)["visits"].set_index("hadm_id")
+    assert v.loc[11, "diagnoses"] == ["4019", "3893"]  # SEQ_NUM 1 first, although listed second
+    assert v.loc[21, "diagnoses"] == ["25000", "4019"]  # 4019 at SEQ_NUM 2 and 3: kept once, at 2
+    assert v.loc[11, "medications"] == ["B01A", "N02B"]  # medications have no SEQ_NUM: sorted

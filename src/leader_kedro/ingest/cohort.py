@@ -7,6 +7,7 @@ Samples and the split live in ``cohort_samples.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -143,7 +144,7 @@ class IngestConfig:
 # --------------------------------------------------------------------------------------------
 def ndc_to_atc3_table(
     ndcs: pd.Series,
-    routes: list[str],
+    routes: Sequence[str],
     ndc2rxnorm: pd.DataFrame | None,
     rxcui2atc4: pd.DataFrame | None,
     ndc2atc3: pd.DataFrame | None,
@@ -250,18 +251,31 @@ def _code_rows(df: pd.DataFrame, drops: dict, name: str) -> pd.DataFrame:
     df = df[~bad]
     miss = df["code"].isna()
     drops[f"{name}:code_missing"] = int(miss.sum())
-    return df[~miss][["subject_id", "hadm_id", "code"]]
+    return df[~miss][["subject_id", "hadm_id", "seq_num", "code"]]
 
 
 def _lists(rows: pd.DataFrame) -> pd.Series:
-    """hadm_id -> sorted unique list of codes (vectorised: factorise, sort ints, split once)."""
+    """hadm_id -> unique list of codes (vectorised: factorise, sort ints, split once).
+
+    With a ``seq_num`` column (diagnoses, procedures) the codes keep their SEQ_NUM order, rows
+    without a SEQ_NUM last and ties in file order; a code listed twice keeps its first position.
+    Without one (medications) the codes are sorted.
+    """
     if rows.empty:
         return pd.Series(dtype=object)
     ids, uniques = pd.factorize(rows["code"], sort=True)
-    frame = pd.DataFrame({"h": rows["hadm_id"].to_numpy(dtype=np.int64), "c": ids})
-    frame = frame.drop_duplicates().sort_values(["h", "c"], kind="stable")
-    h = frame["h"].to_numpy()
-    names = np.asarray(uniques, dtype=object)[frame["c"].to_numpy()]
+    h = rows["hadm_id"].to_numpy(dtype=np.int64)
+    if "seq_num" in rows.columns:
+        seq = rows["seq_num"].to_numpy(dtype=np.float64)
+        order = np.lexsort((np.arange(len(h)), np.where(np.isnan(seq), np.inf, seq), h))
+    else:
+        order = np.lexsort((ids, h))
+    h, c = h[order], ids[order]
+    pair = h * (len(uniques) + 1) + c
+    first = np.zeros(len(pair), dtype=bool)
+    first[np.unique(pair, return_index=True)[1]] = True  # first position of each (visit, code)
+    h, c = h[first], c[first]
+    names = np.asarray(uniques, dtype=object)[c]
     starts = np.r_[0, np.flatnonzero(h[1:] != h[:-1]) + 1]
     lists = [chunk.tolist() for chunk in np.split(names, starts[1:])]
     # plain object column of Python lists (pandas 3 would otherwise infer an Arrow list dtype,
@@ -397,7 +411,7 @@ def _drop_reasons(
     lists: dict[str, pd.Series],
     recorded: dict[str, set],
     mapped_meds: set,
-    required: list[str],
+    required: Sequence[str],
 ) -> pd.Series:
     """Why each admission is dropped (NA = kept), indexed by hadm_id.
 

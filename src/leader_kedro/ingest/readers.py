@@ -6,7 +6,9 @@ know which source it is looking at:
 - ``patients``: subject_id, gender, and ``dob`` (MIMIC-III) or ``anchor_age``/``anchor_year`` (MIMIC-IV)
 - ``admissions``: subject_id, hadm_id, admittime, admission_type, insurance, language,
   marital_status, ethnicity (MIMIC-IV ``race`` is renamed to ``ethnicity``)
-- ``diagnoses`` / ``procedures``: subject_id, hadm_id, code (str; MIMIC-IV codes are ``f"{version}_{code}"``)
+- ``diagnoses`` / ``procedures``: subject_id, hadm_id, seq_num (float, NaN when missing), code (str;
+  MIMIC-IV codes are ``f"{version}_{code}"``). SEQ_NUM is the code's priority inside the admission:
+  1 is the principal diagnosis (or the first procedure).
 - ``prescriptions``: subject_id, hadm_id, ndc (str, leading zeros kept)
 - ``d_diagnoses`` / ``d_procedures``: code, title
 
@@ -48,8 +50,14 @@ MIMIC3_TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "ethnicity": "str",
         },
     ),
-    "diagnoses": ("DIAGNOSES_ICD", {"subject_id": "id", "hadm_id": "id", "icd9_code": "code"}),
-    "procedures": ("PROCEDURES_ICD", {"subject_id": "id", "hadm_id": "id", "icd9_code": "code"}),
+    "diagnoses": (
+        "DIAGNOSES_ICD",
+        {"subject_id": "id", "hadm_id": "id", "seq_num": "int", "icd9_code": "code"},
+    ),
+    "procedures": (
+        "PROCEDURES_ICD",
+        {"subject_id": "id", "hadm_id": "id", "seq_num": "int", "icd9_code": "code"},
+    ),
     "prescriptions": ("PRESCRIPTIONS", {"subject_id": "id", "hadm_id": "id", "ndc": "code"}),
     "d_diagnoses": (
         "D_ICD_DIAGNOSES",
@@ -71,11 +79,23 @@ MIMIC4_TABLES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "diagnoses": (
         "diagnoses_icd",
-        {"subject_id": "id", "hadm_id": "id", "icd_code": "code", "icd_version": "code"},
+        {
+            "subject_id": "id",
+            "hadm_id": "id",
+            "seq_num": "int",
+            "icd_code": "code",
+            "icd_version": "code",
+        },
     ),
     "procedures": (
         "procedures_icd",
-        {"subject_id": "id", "hadm_id": "id", "icd_code": "code", "icd_version": "code"},
+        {
+            "subject_id": "id",
+            "hadm_id": "id",
+            "seq_num": "int",
+            "icd_code": "code",
+            "icd_version": "code",
+        },
     ),
     "prescriptions": ("prescriptions", {"subject_id": "id", "hadm_id": "id", "ndc": "code"}),
     "d_diagnoses": (
@@ -360,7 +380,7 @@ def read_ddi_pairs_atc3(path: str | Path) -> pd.DataFrame:
 def read_drug_atc(path: str | Path) -> pd.DataFrame:
     """GAMENet ``drug-atc.csv``: no header, a CID then 1..n ATC codes per line -> (cid, atc3)."""
     path = Path(path)
-    rows = []
+    rows: list[tuple[str, str]] = []
     with path.open(newline="", encoding="utf-8") as fh:
         for line in csv.reader(fh):
             cells = [c.strip() for c in line if c.strip()]
