@@ -33,7 +33,7 @@ def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeyp
     with pytest.raises(MissingArtifactError) as excinfo:
         _run(project, "distill")
     message = str(excinfo.value)
-    assert "teacher_features" in message
+    assert "teacher_features_train" in message
     assert "kedro run --pipeline=features" in message
     assert "samples_train" in message and "kedro run --pipeline=ingest" in message
 

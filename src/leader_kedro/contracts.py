@@ -216,7 +216,7 @@ def group_masks(samples: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def aligned_teacher_features(
-    features: Mapping[str, Any], sample_ids: Sequence[Any], name: str = "teacher_features"
+    features: Mapping[str, Any], sample_ids: Sequence[Any], name: str = "teacher_features_train"
 ):
     """Rows of ``features["hidden"]`` in the order of ``sample_ids`` (a torch tensor, dtype kept).
 

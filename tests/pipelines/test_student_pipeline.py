@@ -66,7 +66,7 @@ def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
         "samples_test": test,
         "vocab": cohort["vocab"],
         "code_names": cohort["code_names"],
-        "teacher_features": features,
+        "teacher_features_train": features,
         "teacher_card": card,
         "prompts_train": prompts,
         "teacher_predictions_test": teacher,

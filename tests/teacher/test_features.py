@@ -126,16 +126,18 @@ def test_dataset_rejects_bad_values(tmp_path):
 
 
 def test_catalog_entries_build_the_dataset(project_root, tmp_path):
+    """The ``teacher_features_{split}`` factory of conf/base/catalog.yml resolves to a versioned
+    float16 feature dataset for every split."""
     from kedro.io import DataCatalog
 
-    entries = yaml.safe_load((project_root / "conf/base/catalog_features.yml").read_text())
-    assert entries["teacher_features"]["versioned"] is True
-    for entry in entries.values():
-        entry["filepath"] = str(tmp_path / entry["filepath"])
-    catalog = DataCatalog.from_config(entries)
-    catalog.save("teacher_features", toy())
-    assert catalog.load("teacher_features")["fingerprint"] == "fp"
-    saved = list((tmp_path / "data/04_feature/teacher_features.safetensors").iterdir())
+    entries = yaml.safe_load((project_root / "conf/base/catalog.yml").read_text())
+    factory = entries["teacher_features_{split}"]
+    assert factory["versioned"] is True
+    factory["filepath"] = str(tmp_path / factory["filepath"])
+    catalog = DataCatalog.from_config({"teacher_features_{split}": factory})
+    catalog.save("teacher_features_train", toy())
+    assert catalog.load("teacher_features_train")["fingerprint"] == "fp"
+    saved = list((tmp_path / "data/04_feature/teacher_features_train.safetensors").iterdir())
     assert len(saved) == 1  # one version folder
 
 
@@ -204,7 +206,7 @@ def test_check_fresh_refuses_a_changed_teacher(teacher, prompts, cache):
     with pytest.raises(StaleFeaturesError) as err:
         check_fresh(cache, retrained, prompts["train"])
     msg = str(err.value)
-    assert "teacher_features" in msg and "kedro run --pipeline=features" in msg
+    assert "teacher_features_train" in msg and "kedro run --pipeline=features" in msg
     assert "the teacher changed" in msg
 
 
@@ -236,6 +238,8 @@ def test_features_pipeline_with_a_split_switched_off(teacher, prompts, project_r
 
     bundle, card = teacher
     entries = yaml.safe_load((project_root / "conf/base/catalog_features.yml").read_text())
+    factories = yaml.safe_load((project_root / "conf/base/catalog.yml").read_text())
+    entries["teacher_features_{split}"] = factories["teacher_features_{split}"]
     for entry in entries.values():
         entry["filepath"] = str(tmp_path / entry["filepath"])
     catalog = DataCatalog.from_config(entries)
@@ -246,7 +250,7 @@ def test_features_pipeline_with_a_split_switched_off(teacher, prompts, project_r
     for name, value in inputs.items():
         catalog[name] = MemoryDataset(value, copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
-    check_fresh(catalog.load("teacher_features"), card, prompts["train"])
+    check_fresh(catalog.load("teacher_features_train"), card, prompts["train"])
     check_fresh(
         catalog.load("teacher_features_test"), card, prompts["test"], "teacher_features_test"
     )

@@ -104,7 +104,7 @@ def check_fresh(
     features: Mapping[str, Any],
     teacher_card: Mapping[str, Any],
     prompts: pd.DataFrame,
-    name: str = "teacher_features",
+    name: str = "teacher_features_train",
 ) -> None:
     """Raise :class:`StaleFeaturesError` unless ``features`` were made by this teacher from these prompts.
 

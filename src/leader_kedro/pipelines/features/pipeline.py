@@ -5,7 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from leader_kedro.pipelines.features import nodes
 
 OUTPUTS = {
-    "train": "teacher_features",
+    "train": "teacher_features_train",
     "val": "teacher_features_val",
     "test": "teacher_features_test",
 }

@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "samples_val",
                     "samples_test",
                     "split_ids",
-                    "samples_report",
+                    "split_report",
                 ],
                 name="make_splits",
             ),
@@ -44,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "raw_manifest",
                     "cohort_report",
-                    "samples_report",
+                    "split_report",
                     "params:ingest",
                     "params:seed",
                 ],
