@@ -33,7 +33,7 @@ def build_config(cls: type[T], tree: Mapping[str, Any] | None, where: str) -> T:
         return tree
     if not isinstance(tree, Mapping):
         raise ParameterError(f"{where} must be a mapping of parameters, got {type(tree).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(tree) - set(fields))
     if unknown:
         raise ParameterError(
@@ -77,7 +77,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in args:
             raise ParameterError(f"{where} must be one of {list(args)}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build_config(hint, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

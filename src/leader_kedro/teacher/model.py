@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,7 +267,7 @@ def build_teacher(
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
-    lora_cfg = {
+    lora_cfg: dict[str, Any] = {
         "r": int(lora.get("r", 8)),
         "lora_alpha": int(lora.get("alpha", lora.get("lora_alpha", 32))),
         "lora_dropout": float(lora.get("dropout", lora.get("lora_dropout", 0.1))),

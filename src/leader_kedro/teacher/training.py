@@ -427,7 +427,7 @@ def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
         )
     if resume:
         logger.info("Resuming teacher training from %s", resume)
-    return _Run(signature, out_dir, done_file, length, finished, resume)
+    return _Run(signature, out_dir, done_file, length, finished, str(resume) if resume else None)
 
 
 def _make_trainer(
@@ -464,6 +464,7 @@ def _make_trainer(
 def _reuse_finished_run(trainer, run: _Run) -> tuple[list[dict], dict]:
     """Same configuration and data already trained to the end: load its best checkpoint."""
     finished = run.finished
+    assert finished is not None  # only called for a finished run
     logger.info(
         "Teacher run %s already finished; reusing %s (set teacher.resume_from_checkpoint: "
         "null to retrain)",
