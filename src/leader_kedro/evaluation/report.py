@@ -13,14 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LABELS = {
-    "teacher": "Teacher (LM + LoRA + head)",
-    "student": "Student LEADER(S)",
-    "student_no_kd": "Student w/o distillation",
-    "student_no_align": "Student w/o alignment",
-    "baseline_mostfreq": "Most-frequent drugs",
-    "baseline_logreg": "Multi-hot logistic regression",
-}
+from leader_kedro.contracts import MODEL_LABELS as DEFAULT_LABELS
+
 GROUP_LABELS = {"overall": "overall", "single_visit": "single-visit", "multi_visit": "multi-visit"}
 TABLE_METRICS = ("jaccard", "prauc", "f1", "precision", "recall", "n_med")
 METRIC_LABELS = {
