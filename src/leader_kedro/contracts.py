@@ -3,7 +3,7 @@
 - the code types and profile fields of ``visits`` / ``samples_*``;
 - multi-hot labels over ``vocab["medication"]``;
 - the predictions table: ``sample_id`` + one probability column per medication;
-- the patient groups (single-visit = no history, multi-visit);
+- the patient groups (single-visit = no history, multi-visit) and the rare-code strata;
 - the rows of the teacher-feature cache aligned to a list of sample ids;
 - the project's error types, each naming the artifact, file or parameter at fault.
 
@@ -188,10 +188,55 @@ def prediction_matrix(
 # ------------------------------------------------------------------------------------- groups
 
 GROUPS = ("overall", "single_visit", "multi_visit")
+#: the rare-code strata: the current visit holds a diagnosis seen at most ``RARE_MAX_COUNT``
+#: times in train (``rare_dx``), or only more frequent ones (``common_dx``)
+RARE_GROUPS = ("rare_dx", "common_dx")
+RARE_MAX_COUNT = 5
 
 
-def group_masks(samples: pd.DataFrame) -> dict[str, np.ndarray]:
-    """overall / single_visit (no earlier visit) / multi_visit, as boolean masks over the rows.
+def diagnosis_counts(samples_train: pd.DataFrame) -> dict[str, int]:
+    """How many train visits hold each diagnosis (each visit counted once per code).
+
+    The visits are those of the train patients: each patient's sample with the longest history
+    holds all of them, whatever the sample protocol (``last_visit`` or ``every_visit``).
+    """
+    if samples_train.empty:
+        return {}
+    longest = samples_train.sort_values("n_past", kind="stable").drop_duplicates(
+        "subject_id", keep="last"
+    )
+    counts: dict[str, int] = {}
+    for visits in longest["diagnoses"]:
+        for visit in visits:
+            for code in set(visit):
+                counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+def rare_diagnosis_mask(
+    samples: pd.DataFrame, train_counts: Mapping[str, int], max_count: int = RARE_MAX_COUNT
+) -> np.ndarray:
+    """Per sample: does its current visit hold a diagnosis seen at most ``max_count`` times in
+    train (``diagnosis_counts``; a code never seen in train counts 0)?"""
+    return np.array(
+        [
+            any(train_counts.get(code, 0) <= max_count for code in visits[-1])
+            if len(visits)
+            else False
+            for visits in samples["diagnoses"]
+        ],
+        dtype=bool,
+    )
+
+
+def group_masks(
+    samples: pd.DataFrame,
+    train_counts: Mapping[str, int] | None = None,
+    max_count: int = RARE_MAX_COUNT,
+) -> dict[str, np.ndarray]:
+    """overall / single_visit (no earlier visit) / multi_visit, as boolean masks over the rows,
+    and with ``train_counts`` (``diagnosis_counts`` of the train samples) the rare-code strata
+    ``rare_dx`` / ``common_dx``.
 
     The history length is ``n_past``, or the number of past medication lists when that column is
     absent (the two agree by the samples contract).
@@ -205,11 +250,15 @@ def group_masks(samples: pd.DataFrame) -> dict[str, np.ndarray]:
             "samples: neither 'n_past' nor 'medications' is present; cannot tell single- from "
             "multi-visit patients"
         )
-    return {
+    masks = {
         "overall": np.ones(len(samples), dtype=bool),
         "single_visit": n_past == 0,
         "multi_visit": n_past > 0,
     }
+    if train_counts is not None:
+        rare = rare_diagnosis_mask(samples, train_counts, max_count)
+        masks.update({"rare_dx": rare, "common_dx": ~rare})
+    return masks
 
 
 # ---------------------------------------------------------------------------- teacher features

@@ -21,6 +21,8 @@ OUTPUTS = {
     "samples_test",
     "split_ids",
     "ingest_report",
+    "oracle_predictions_val",
+    "oracle_predictions_test",
 }
 
 
@@ -31,6 +33,7 @@ def test_pipeline_outputs_are_the_contract_names():
         "prepare_raw",
         "build_cohort",
         "make_splits",
+        "oracle_predictions",
         "write_ingest_report",
     }
     assert pipe.inputs() == {
@@ -62,8 +65,13 @@ def test_pipeline_runs_on_an_in_memory_catalog(tmp_path):
     assert report["cohort"]["visits"] == 4 and report["samples"]["train"]["samples"] >= 1
     assert report["inputs"]["tables"]["prescriptions"].endswith("PRESCRIPTIONS.csv")
     assert report["parameters"]["ingest"]["top_k_medications"] == 300  # defaults filled in
-    total = sum(len(catalog.load(f"samples_{s}")) for s in ("train", "val", "test"))
+    total = len(catalog.load("samples_train")) + sum(
+        report["samples"][s]["samples"]
+        for s in ("val", "test")  # val/test feed the oracle node
+    )
     assert total == report["cohort"]["patients"]
+    oracle = catalog.load("oracle_predictions_test")  # real MIMIC: no oracle, no rows
+    assert oracle.empty and len(oracle.columns) == 1 + report["cohort"]["n_medications"]
 
 
 def test_kedro_session_synthetic_env_test(isolated_project, tmp_path):
@@ -94,3 +102,10 @@ def test_kedro_session_synthetic_env_test(isolated_project, tmp_path):
     assert all(set(t) <= set(vocab["medication"]) for t in samples["target"])
     ddi = pd.read_csv(project_root / "data" / "03_primary" / "ddi_adjacency.csv", index_col=0)
     assert list(ddi.index) == list(ddi.columns) == vocab["medication"]
+    out = project_root / "data" / "07_model_output"
+    test = pd.read_parquet(project_root / "data" / "05_model_input" / "samples_test.parquet")
+    oracle = pd.read_parquet(out / "oracle_predictions_test.parquet")  # the synthetic ceiling
+    assert oracle["sample_id"].tolist() == test["sample_id"].tolist()
+    assert list(oracle.columns[1:]) == vocab["medication"]
+    prob = oracle[vocab["medication"]].to_numpy()
+    assert ((prob >= 0) & (prob <= 1)).all() and prob.sum(1).min() > 1

@@ -48,6 +48,16 @@ def _files(raw: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def visits(cohort) -> pd.DataFrame:
+    return _visits(cohort)
+
+
+@pytest.fixture(scope="module")
+def dense_visits() -> pd.DataFrame:
+    """The negative control: the first generator's mechanism, common codes only."""
+    return _visits(S.generate_cohort(3000, seed=7, params={"mechanism": "dense"}))
+
+
+def _visits(cohort) -> pd.DataFrame:
     """One row per admission with its ATC3 set (mapped like the GAMENet/SafeDrug route)."""
     adm = cohort["ADMISSIONS"].copy()
     pat = cohort["PATIENTS"]
@@ -296,7 +306,7 @@ def test_ethnicity_signal(visits):
     hisp = first["ETHNICITY"].str.startswith("HISPANIC")
     white = first["ETHNICITY"] == "WHITE"
     higher_risk = hisp | first["ETHNICITY"].str.startswith(("BLACK", "ASIAN"))
-    assert diabetes[higher_risk].mean() > 1.2 * diabetes[white].mean()
+    assert diabetes[higher_risk].mean() > 1.1 * diabetes[white].mean()
     spanish = first["LANGUAGE"] == "SPAN"
     assert spanish[hisp].mean() > 0.3 and spanish[white].mean() == 0
 
@@ -337,13 +347,19 @@ def test_known_interactions_occur(visits):
 # ---------------------------------------------------------------------------------------------
 def test_knowledge_codes_are_real(shared_data):
     demo = shared_data / "mimic3_demo"
-    dx = pd.read_csv(demo / "D_ICD_DIAGNOSES.csv", dtype=str).set_index("icd9_code")["long_title"]
-    px = pd.read_csv(demo / "D_ICD_PROCEDURES.csv", dtype=str).set_index("icd9_code")["long_title"]
+    dx = pd.read_csv(demo / "D_ICD_DIAGNOSES.csv", dtype=str).set_index("icd9_code")
+    px = pd.read_csv(demo / "D_ICD_PROCEDURES.csv", dtype=str).set_index("icd9_code")
     for mine, real in ((K.DIAGNOSES, dx), (K.PROCEDURES, px)):
         missing = sorted(set(mine) - set(real.index))
         assert not missing, missing
-        wrong = [c for c, t in mine.items() if t.lower() != real[c].lower()]
+        wrong = [
+            c
+            for c, (short, long) in mine.items()
+            if long.lower() != real.loc[c, "long_title"].lower()
+        ]
         assert not wrong, wrong
+        wrong = [c for c, (short, long) in mine.items() if short != real.loc[c, "short_title"]]
+        assert not wrong, wrong  # MIMIC's own short titles (the ICD-9-CM abbreviated titles)
     who = pd.read_csv(shared_data / "aux" / "fabkury_atcd" / "WHO ATC-DDD 2021-12-03.csv",
                       dtype=str, keep_default_na=False).drop_duplicates("atc_code")  # fmt: skip
     names = dict(zip(who["atc_code"], who["atc_name"], strict=True))
@@ -364,6 +380,18 @@ def test_knowledge_table_size_and_consistency():
         assert set(c.get("link", {})) | ({c["requires"]} if "requires" in c else set()) <= names
     assert {d[0][:4] for d in K.DRUGS} == set(K.ATC3)  # every class has a drug and vice versa
     assert set(K.RARE_DIAGNOSES) <= set(K.DIAGNOSES) and set(K.RARE_PROCEDURES) <= set(K.PROCEDURES)
+    tails = [code for codes in K.DX_TAIL.values() for code in codes]
+    assert set(K.DX_TAIL) <= names and set(tails) <= set(K.DIAGNOSES)
+    assert len(tails) == len(set(tails)) >= 400  # one condition per tail code
+    heads = {code for c in K.CONDITIONS for code, _ in c["dx"] + c["dx_extra"]}
+    assert not set(tails) & (heads | set(K.RARE_DIAGNOSES))
+    for rule in K.DRUG_RULES:
+        assert set(rule["all_of"]) <= names and rule["atc"] in K.ATC3, rule
+    assert set(K.CONDITION_CONTRAINDICATIONS) <= names
+    targets = {t for t, _, _ in K.DRUG_WITHHOLDING}
+    assert not targets & {d for _, d, _ in K.DRUG_WITHHOLDING}  # drivers are never withheld
+    for c in K.CONDITIONS:
+        assert c.get("starts", next(iter(names))) in names
 
 
 def test_cli_prints_time_and_memory(tmp_path, capsys):
@@ -371,3 +399,100 @@ def test_cli_prints_time_and_memory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "generate + write CSVs" in out and "peak RSS" in out
     assert (tmp_path / "x" / "aux" / "RXCUI2atc4.csv").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# names, the oracle and the mechanisms that make history, interactions and knowledge matter
+# ---------------------------------------------------------------------------------------------
+def test_titles_are_unique_mimic_style_short_titles(cohort):
+    for table in (K.DIAGNOSES, K.PROCEDURES):
+        shorts = [short for short, _ in table.values()]
+        longs = [long for _, long in table.values()]
+        assert len(set(shorts)) == len(shorts) and len(set(longs)) == len(longs)
+        assert max(map(len, shorts)) <= 24
+    d = cohort["D_ICD_DIAGNOSES"].set_index("ICD9_CODE")["SHORT_TITLE"]
+    assert d.is_unique and cohort["D_ICD_PROCEDURES"]["SHORT_TITLE"].is_unique
+    assert d["4019"] == "Hypertension NOS" and d["2724"] == "Hyperlipidemia NEC/NOS"
+    assert d["2720"] == "Pure hypercholesterolem" and d["40391"] == "Hyp kid NOS w cr kid V"
+
+
+def test_oracle_is_the_true_label_probability(cohort, visits):
+    oracle = cohort["ORACLE"].set_index("HADM_ID").astype(float)
+    v = visits[visits["meds"].apply(len) > 0]  # admissions without prescriptions are never samples
+    prob = oracle.loc[v["HADM_ID"].astype("int64")].to_numpy()
+    y = np.array([[atc in m for atc in oracle.columns] for m in v["meds"]], dtype=float)
+    assert np.abs(prob.mean(0) - y.mean(0)).max() < 0.03  # every class, on average
+    bins = np.digitize(prob.ravel(), np.linspace(0.1, 0.9, 9))
+    for b in np.unique(bins):  # and reliable at every level of probability
+        sel = bins == b
+        if sel.sum() > 500:
+            assert abs(y.ravel()[sel].mean() - prob.ravel()[sel].mean()) < 0.03, b
+
+
+def test_rare_variants_call_for_their_category_drugs(visits):
+    cond = next(c for c in K.CONDITIONS if c["name"] == "pneumonia")
+    head = {code for code, _ in cond["dx"]}
+    tail = set(K.DX_TAIL["pneumonia"])
+    has_head = visits["dx"].apply(lambda s: bool(s & head))
+    has_tail = visits["dx"].apply(lambda s: bool(s & tail)) & ~has_head
+    neither = ~has_head & ~has_tail
+    macrolide = visits["meds"].apply(lambda s: "J01F" in s)
+    assert has_tail.sum() >= 20
+    assert abs(macrolide[has_tail].mean() - macrolide[has_head].mean()) < 0.15
+    assert macrolide[has_tail].mean() > macrolide[neither].mean() + 0.25
+
+
+def test_dense_control_has_common_codes_only(dense_visits, visits):
+    tails = {code for codes in K.DX_TAIL.values() for code in codes}
+    assert not set().union(*dense_visits["dx"]) & tails
+    assert len(set().union(*visits["dx"]) & tails) > 200
+
+
+@pytest.mark.parametrize("cls", ["A04A", "A02B"])
+def test_routine_persists_per_patient_but_not_in_the_dense_control(visits, dense_visits, cls):
+    p_given, p_not = _persistence(visits, cls)
+    assert p_given - p_not > 0.15, (p_given, p_not)
+    p_given, p_not = _persistence(dense_visits, cls)
+    assert abs(p_given - p_not) < 0.1, (p_given, p_not)
+
+
+def test_acute_events_start_regimens():
+    """After a seizure, a VTE or a stroke, the next admission gets that condition's regimen
+    (antiepileptics, anticoagulants, statins), whatever its own codes say."""
+    events = [("7803", "N03A"), (("4151", "4534"), "B01A"), (("433", "434"), "C10A")]
+
+    def next_visit_share(params):
+        v = _visits(S.generate_cohort(3000, seed=7, params=params))
+        same = v["SUBJECT_ID"].eq(v["SUBJECT_ID"].shift(-1))
+        hits = cases = 0
+        for prefix, cls in events:
+            event = v["dx"].apply(lambda s, p=prefix: any(c.startswith(p) for c in s)) & same
+            nxt = v["meds"].shift(-1)[event]
+            hits += sum(cls in m for m in nxt)
+            cases += int(event.sum())
+        return hits / cases
+
+    assert next_visit_share({}) > next_visit_share({"event_regimens": False}) + 0.08
+
+
+def test_two_conditions_together_call_for_a_drug(visits):
+    af = visits["dx"].apply(lambda s: bool(s & {"42731", "42732"}))
+    hf = visits["dx"].apply(lambda s: any(c.startswith("428") for c in s))
+    digoxin = visits["meds"].apply(lambda s: "C01A" in s)
+    assert digoxin[af & hf].mean() > digoxin[af & ~hf].mean() + 0.2
+
+
+def test_interacting_drug_is_withheld(visits, dense_visits):
+    def ratio(v):
+        anticoag = v["meds"].apply(lambda s: "B01A" in s)
+        nsaid = v["meds"].apply(lambda s: "M01A" in s)
+        return nsaid[anticoag].mean() / nsaid[~anticoag].mean()
+
+    assert ratio(visits) < 0.5 < ratio(dense_visits)
+
+
+def test_bad_mechanism_parameters():
+    with pytest.raises(ValueError, match="synthetic.mechanism"):
+        S.SyntheticConfig(mechanism="other")
+    with pytest.raises(ValueError, match="synthetic.tail_share"):
+        S.SyntheticConfig(tail_share=1.5)

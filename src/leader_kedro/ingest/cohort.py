@@ -558,6 +558,16 @@ def build_code_names(
     return names, missing
 
 
+def shared_name_counts(code_names: dict) -> dict[str, int]:
+    """Per code kind: how many codes share their name (case and spacing ignored) with another
+    code of the same kind. A prompt cannot tell such codes apart; 0 is the goal."""
+    out = {}
+    for kind, names in code_names.items():
+        keys = pd.Series([" ".join(str(n).lower().split()) for n in names.values()], dtype=object)
+        out[kind] = int(keys.duplicated(keep=False).sum())
+    return out
+
+
 def build_ddi_adjacency(medications: list[str], pairs: pd.DataFrame | None) -> pd.DataFrame:
     """Square 0/1 DDI table over the medication vocabulary: symmetric, zero diagonal."""
     n = len(medications)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from leader_kedro.contracts import CODE_TYPES, PROFILE_FIELDS, IngestInputError
+from leader_kedro.contracts import (
+    CODE_TYPES,
+    PROFILE_FIELDS,
+    IngestInputError,
+    diagnosis_counts,
+    rare_diagnosis_mask,
+)
 
 PROTOCOLS = ("last_visit", "every_visit")
 SPLITS = ("train", "val", "test")
@@ -111,12 +117,19 @@ def build_samples(
 
 
 def sample_stats(samples: dict[str, pd.DataFrame], protocols: dict[str, str]) -> dict:
-    return {
-        split: {
+    """Per split: samples, patients, single-visit samples, protocol, and the long tail: the
+    samples whose current visit holds a diagnosis seen at most ``RARE_MAX_COUNT`` times in train
+    (``rare_dx_samples``, ``rare_dx_share``)."""
+    counts = diagnosis_counts(samples["train"]) if "train" in samples else {}
+    out = {}
+    for split, df in samples.items():
+        rare = rare_diagnosis_mask(df, counts) if len(df) else np.zeros(0, dtype=bool)
+        out[split] = {
             "samples": int(len(df)),
             "patients": int(df["subject_id"].nunique()) if len(df) else 0,
             "single_visit_samples": int((df["n_past"] == 0).sum()) if len(df) else 0,
             "protocol": protocols[split],
+            "rare_dx_samples": int(rare.sum()),
+            "rare_dx_share": round(float(rare.mean()), 4) if len(df) else 0.0,
         }
-        for split, df in samples.items()
-    }
+    return out

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from leader_kedro.config import as_dict
-from leader_kedro.contracts import IngestInputError
+from leader_kedro.contracts import IngestInputError, predictions_frame
 from leader_kedro.ingest import readers as mimic
 from leader_kedro.ingest.cohort import (
     IngestConfig,
@@ -20,8 +22,10 @@ from leader_kedro.ingest.cohort import (
     build_visits,
     build_vocab,
     cohort_stats,
+    shared_name_counts,
 )
 from leader_kedro.ingest.samples import build_samples, sample_stats, split_patients
+from leader_kedro.synthetic.generator import ORACLE_NAME, read_oracle
 
 DDI_SOURCES = ("atc3_pairs", "twosides", "none")
 
@@ -70,18 +74,22 @@ def locate_inputs(source: str, raw_dir: str, aux_dir: str, cfg: IngestConfig) ->
     mimic.check_source(source)
     tables = mimic.locate_tables(raw_dir, source)
     aux = {k: str(mimic.find_aux(aux_dir, name, k)) for k, name in needed_aux(cfg).items()}
+    oracle = Path(raw_dir) / ORACLE_NAME
     return {
         "source": source,
         "raw_dir": str(raw_dir),
         "aux_dir": str(aux_dir),
         "tables": tables,
         "aux_files": aux,
+        # what the synthetic generator knows (its true label probabilities); real data has none
+        "oracle": str(oracle) if source == "synthetic" and oracle.is_file() else None,
     }
 
 
 def load_aux(aux_paths: dict[str, str], cfg: IngestConfig) -> tuple[dict, dict]:
     """Read the aux files named in the manifest; returns (aux tables, their stats)."""
-    aux, stats = {}, {}
+    aux: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
     if "ndc2rxnorm" in aux_paths:
         aux["ndc2rxnorm"] = mimic.read_ndc2rxnorm(aux_paths["ndc2rxnorm"])
         stats["ndc2rxnorm_entries"] = int(len(aux["ndc2rxnorm"]))
@@ -119,6 +127,7 @@ def build_cohort(manifest: dict, p: IngestConfig) -> dict:
     ddi = build_ddi_adjacency(vocab["medication"], aux["ddi_pairs"])
     stats["mapping"]["aux"] = aux_stats
     stats["mapping"]["codes_without_name"] = missing_names
+    stats["mapping"]["codes_sharing_a_name"] = shared_name_counts(code_names)
     stats["mapping"]["diagnosis_codes_with_name"] = _cover(
         vocab["diagnosis"], missing_names["diagnosis"]
     )
@@ -167,6 +176,21 @@ def make_splits(visits: pd.DataFrame, cfg: IngestConfig) -> dict:
     }
 
 
+def oracle_predictions(manifest: Mapping, samples: pd.DataFrame, vocab: Mapping) -> pd.DataFrame:
+    """The synthetic generator's true label probabilities of ``samples`` as a predictions table
+    (``sample_id`` + one column per ``vocab["medication"]``): the ceiling of the evaluation.
+
+    Only the synthetic source knows them. For real MIMIC the table has the contract's columns and
+    no row, and the evaluation leaves the oracle out.
+    """
+    meds = list(vocab["medication"])
+    path = manifest.get("oracle")
+    if manifest.get("source") != "synthetic" or not path:
+        return predictions_frame([], np.zeros((0, len(meds))), meds)
+    prob = read_oracle(path, samples["hadm_id"].to_numpy(), meds)
+    return predictions_frame(samples["sample_id"].tolist(), prob, meds)
+
+
 def run_ingest(
     source: str, raw_dir: str | Path, aux_dir: str | Path, ingest: dict, seed: int
 ) -> dict:
@@ -180,4 +204,8 @@ def run_ingest(
         "samples": splits["report"],
         "parameters": {"ingest": effective_params(cfg), "seed": seed},
     }
-    return {**cohort, **splits, "report": report, "manifest": manifest}
+    oracle = {
+        split: oracle_predictions(manifest, splits["samples"][split], cohort["vocab"])
+        for split in ("val", "test")
+    }
+    return {**cohort, **splits, "oracle": oracle, "report": report, "manifest": manifest}

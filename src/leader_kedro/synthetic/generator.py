@@ -6,8 +6,11 @@ the raw MIMIC-III v1.4 tables (UPPER-case columns, codes as strings, dates as
 GAMENet/SafeDrug lineage. `write_cohort` writes them where the ingest stage reads real data, so the
 ingest code path is the same for synthetic and real MIMIC.
 
-Everything is vectorised with numpy (loops run over conditions, classes and drugs, never over
-patients) and deterministic from `numpy.random.default_rng(seed)`.
+Everything is vectorised with numpy (loops run over conditions, classes, drugs and visit positions,
+never over patients) and deterministic from `numpy.random.default_rng(seed)`.
+
+The generator also writes what it knows and no model can see: each admission's true probability of
+every ATC3 class (``SYNTHETIC_ORACLE.parquet``), the ceiling of the evaluation (docs/synthetic.md).
 
 Command line benchmark: ``python -m leader_kedro.synthetic.generator --patients 100000 --out /tmp/x``.
 """
@@ -15,11 +18,13 @@ Command line benchmark: ``python -m leader_kedro.synthetic.generator --patients 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +33,66 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from leader_kedro.config import build_config
+from leader_kedro.config import as_dict, build_config
 from leader_kedro.synthetic import knowledge as K
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+MECHANISMS = ("realistic", "dense")
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """``params:synthetic``: the embedded cohort written to raw_dir when ``source: synthetic``."""
+    """``params:synthetic``: the embedded cohort written to raw_dir when ``source: synthetic``.
+
+    The mechanism switches (docs/synthetic.md, "What makes history, interactions and knowledge
+    matter") apply to ``mechanism: realistic``. ``mechanism: dense`` is the negative control: the
+    first generator's mechanism (drug classes a noisy-OR of coded conditions plus a routine that
+    depends on nothing, common codes only), i.e. every switch below off and chronic conditions coded
+    at 92% of admissions.
+    """
 
     n_patients: int = 1500
     seed: int = 42
+    mechanism: str = "realistic"  # realistic | dense
+    tail_share: float = 0.12  # P(a condition is coded with a rare variant of its codes, DX_TAIL)
+    chronic_coded_p: float = 0.75  # P(a present chronic condition is coded in an admission)
+    regimen_continue_p: float = 0.9  # P(a class of a chronic regimen is given at an admission)
+    routine_patient_sd: float = 1.5  # sd of each patient's own log-odds for each routine class
+    event_regimens: bool = True  # acute events (MI, VTE, stroke, ...) start chronic regimens
+    interactions: bool = True  # DRUG_RULES: classes that need two conditions, an age or a sex
+    contraindications: bool = (
+        True  # classes withheld by a condition, an age or an interacting class
+    )
+
+    def __post_init__(self):
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(
+                f"synthetic.mechanism must be one of {MECHANISMS}, got {self.mechanism!r}"
+            )
+        for name in ("tail_share", "chronic_coded_p", "regimen_continue_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"synthetic.{name} must be in [0, 1], got {value!r}")
+        if self.routine_patient_sd < 0:
+            raise ValueError(
+                f"synthetic.routine_patient_sd must be >= 0, got {self.routine_patient_sd!r}"
+            )
+
+    def effective(self) -> SyntheticConfig:
+        """The switches actually used: ``dense`` turns every mechanism off."""
+        if self.mechanism == "realistic":
+            return self
+        return dataclasses.replace(
+            self,
+            tail_share=0.0,
+            chronic_coded_p=DENSE_CHRONIC_CODED_P,
+            routine_patient_sd=0.0,
+            event_regimens=False,
+            interactions=False,
+            contraindications=False,
+        )
 
 
 def synthetic_config(params) -> SyntheticConfig:
@@ -48,6 +100,7 @@ def synthetic_config(params) -> SyntheticConfig:
 
 
 MANIFEST_NAME = "SYNTHETIC_MANIFEST.json"
+ORACLE_NAME = "SYNTHETIC_ORACLE.parquet"
 RAW_TABLES = (
     "PATIENTS",
     "ADMISSIONS",
@@ -63,7 +116,7 @@ AUX_FILES = {
     "WHO_ATC": "WHO ATC-DDD 2021-12-03.csv",
     "DDI_PAIRS": "ddi_pairs_atc3.csv",
 }
-COLUMNS = {
+_COLUMN_LISTS = {
     "PATIENTS": "ROW_ID,SUBJECT_ID,GENDER,DOB,DOD,DOD_HOSP,DOD_SSN,EXPIRE_FLAG",
     "ADMISSIONS": "ROW_ID,SUBJECT_ID,HADM_ID,ADMITTIME,DISCHTIME,DEATHTIME,ADMISSION_TYPE,"
     "ADMISSION_LOCATION,DISCHARGE_LOCATION,INSURANCE,LANGUAGE,RELIGION,MARITAL_STATUS,ETHNICITY,"
@@ -76,15 +129,24 @@ COLUMNS = {
     "D_ICD_DIAGNOSES": "ROW_ID,ICD9_CODE,SHORT_TITLE,LONG_TITLE",
     "D_ICD_PROCEDURES": "ROW_ID,ICD9_CODE,SHORT_TITLE,LONG_TITLE",
 }
-COLUMNS = {k: v.split(",") for k, v in COLUMNS.items()}
+COLUMNS: dict[str, list[str]] = {k: v.split(",") for k, v in _COLUMN_LISTS.items()}
 
 DAY = 86_400
 YEAR = 365.25 * DAY
 EPOCH_2100 = int(np.datetime64("2100-01-01T00:00:00", "s").astype(np.int64))
 ETH_GROUPS = list(K.ETHNICITY_GROUP_SHARE)
-CHRONIC_CONTINUE_P = 0.9  # a chronic regimen class is re-prescribed at each admission with this p
-CHRONIC_CODED_P = 0.92  # a present chronic condition is coded in a given admission with this p
-MULTI_VISIT_BASE_LOGIT = -1.45  # calibrated: ~70% single-visit patients
+DENSE_CHRONIC_CODED_P = 0.92  # the first generator's coding rate of chronic conditions
+# calibration to the MIMIC-III demo (docs/synthetic.md; synthetic/calibration.py checks it)
+MULTI_VISIT_BASE_LOGIT = -1.9  # share of patients with more than one admission
+FEMALE_SHARE = 0.47
+AGE_BETA = (3.4, 1.5)  # age at the first admission: 18 + 77 * Beta(a, b)
+INCIDENTAL_DX_RATE = 4.0  # Poisson mean of incidental diagnosis codes per admission
+RARE_PX_RATE = 0.5  # Poisson mean of incidental procedure codes per admission
+URGENT_P = 0.02  # share of URGENT among the non-elective admissions
+LANGUAGE_MISSING_P = 0.42  # LANGUAGE left empty (per patient)
+MARITAL_MISSING_P = 0.12  # MARITAL_STATUS left empty (per patient)
+ROWS_PER_CLASS = 0.8  # PRESCRIPTIONS rows per (admission, class): 1 + Poisson(ROWS_PER_CLASS)
+NDC_EMPTY_P = 0.02  # share of PRESCRIPTIONS rows whose NDC is left empty
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +164,8 @@ def _choice_rows(rng: np.random.Generator, probs: np.ndarray, u: np.ndarray | No
     """One categorical draw per row of `probs` [n, k] (rows need not be normalised)."""
     cum = np.cumsum(probs, axis=1)
     cum /= cum[:, -1:]
-    if u is None:
-        u = rng.random(probs.shape[0])
-    return np.minimum((u[:, None] > cum).sum(axis=1), probs.shape[1] - 1)
+    draws = np.asarray(rng.random(probs.shape[0]) if u is None else u)
+    return np.minimum((draws[:, None] > cum).sum(axis=1), probs.shape[1] - 1)
 
 
 def _choice(rng: np.random.Generator, weights, size: int) -> np.ndarray:
@@ -134,18 +195,6 @@ def _dates(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     """int seconds since 1970 -> 'YYYY-MM-DD HH:MM:SS' strings (null where mask)."""
     ts = pa.array(seconds.astype("datetime64[s]"), mask=mask)
     return ts.cast(pa.string())
-
-
-def _short_title(title: str, width: int = 24) -> str:
-    if len(title) <= width:
-        return title
-    out = ""
-    for word in title.replace(",", "").split():
-        cand = (out + " " + word).strip()
-        if len(cand) > width:
-            break
-        out = cand
-    return out or title[:width]
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +260,9 @@ class _Index:
     dx_i: dict[str, int]
     px_i: dict[str, int]
     atc_i: dict[str, int]
+    tail: dict[
+        int, np.ndarray
+    ]  # condition index -> its rare variant codes (DX_TAIL), as dx indices
 
 
 @dataclass
@@ -252,6 +304,14 @@ class _Outcomes:
 
 
 @dataclass
+class _Medications:
+    visit: np.ndarray  # admission of each (admission, class) given
+    atc: np.ndarray  # class index of each
+    no_rx: np.ndarray  # [V] admissions without any PRESCRIPTIONS row
+    oracle: np.ndarray  # [V, classes] float32: the true probability that the class is a label
+
+
+@dataclass
 class _Prescriptions:
     visit: np.ndarray  # admission of each PRESCRIPTIONS row
     item: np.ndarray  # drug catalogue row (n_items + k for the k-th NDC-0 item)
@@ -261,19 +321,22 @@ class _Prescriptions:
     end: np.ndarray
 
 
-def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
+def _simulate(
+    n_patients: int, seed: int, params: SyntheticConfig | None = None
+) -> dict[str, pa.Table]:
     _check_args(n_patients, seed)
+    cfg = (params or SyntheticConfig()).effective()
     rng = np.random.default_rng(int(seed))
     ix = _knowledge_index()
     pts = _simulate_patients(rng, ix, int(n_patients))
-    vis = _simulate_visits(rng, ix, pts)
+    vis = _simulate_visits(rng, ix, pts, cfg)
     adm_type, profile = _admission_profile(rng, ix, pts, vis)
     outcomes = _outcomes(rng, pts, vis)
-    diag = _diagnoses(rng, ix, pts.n, vis)
+    diag = _diagnoses(rng, ix, pts.n, vis, cfg)
     proc = _procedures(rng, ix, vis)
-    mv, ma, no_rx = _medication_classes(rng, ix, pts.n, vis)
     cat = drug_catalog()["items"]
-    rx = _simulate_prescriptions(rng, ix, cat, vis, mv, ma, no_rx)
+    meds = _medication_classes(rng, ix, pts, vis, cfg, cat)
+    rx = _simulate_prescriptions(rng, ix, cat, vis, meds.visit, meds.atc, meds.no_rx)
     subject_id, hadm_id = _identifiers(rng, pts.n, vis.V)
     v_subject = subject_id[vis.pat]
     # built in this order (each draws from rng), listed in the MIMIC order below
@@ -288,6 +351,7 @@ def _simulate(n_patients: int, seed: int) -> dict[str, pa.Table]:
         "PRESCRIPTIONS": presc,
         "D_ICD_DIAGNOSES": _icd_dictionary(K.DIAGNOSES),
         "D_ICD_PROCEDURES": _icd_dictionary(K.PROCEDURES),
+        "ORACLE": _oracle_table(meds.oracle, ix.atc3s, hadm_id),
     }
     tables.update(_aux_tables(cat))
     return tables
@@ -316,6 +380,11 @@ def _knowledge_index() -> _Index:
         dx_i={c: i for i, c in enumerate(dx_codes)},
         px_i={c: i for i, c in enumerate(px_codes)},
         atc_i={c: i for i, c in enumerate(atc3s)},
+        tail={
+            i: np.array([dx_codes.index(code) for code in K.DX_TAIL[c["name"]]], dtype=np.int64)
+            for i, c in enumerate(conds)
+            if K.DX_TAIL.get(c["name"])
+        },
     )
 
 
@@ -330,9 +399,9 @@ def _profile_logit(c: dict, age: np.ndarray, female: np.ndarray, eth: np.ndarray
 
 
 def _simulate_patients(rng: np.random.Generator, ix: _Index, n: int) -> _Patients:
-    female = rng.random(n) < 0.44
+    female = rng.random(n) < FEMALE_SHARE
     eth = _choice(rng, list(K.ETHNICITY_GROUP_SHARE.values()), n)
-    age0 = 18.0 + 77.0 * rng.beta(2.6, 1.6, n)
+    age0 = 18.0 + 77.0 * rng.beta(*AGE_BETA, n)
     frailty = rng.normal(0.0, 1.0, n)
     present0, onset = _chronic_conditions(rng, ix, female, eth, age0, frailty)
     return _Patients(n, female, eth, age0, frailty, present0, onset, present0.sum(axis=1))
@@ -374,7 +443,9 @@ def _chronic_conditions(rng, ix: _Index, female, eth, age0, frailty):
 
 
 # ---- admissions: count, timing, conditions ----------------------------------------------------
-def _simulate_visits(rng: np.random.Generator, ix: _Index, pts: _Patients) -> _Visits:
+def _simulate_visits(
+    rng: np.random.Generator, ix: _Index, pts: _Patients, cfg: SyntheticConfig
+) -> _Visits:
     n_visits = _visit_counts(rng, pts)
     pat = np.repeat(np.arange(pts.n), n_visits)
     vidx = _rank_within(pat)
@@ -382,12 +453,48 @@ def _simulate_visits(rng: np.random.Generator, ix: _Index, pts: _Patients) -> _V
     # primary reason (needs age at the visit; approximate with the age at the first visit plus
     # the cumulative gap, LOS is added afterwards and is small by comparison)
     age_approx = pts.age0[pat] + cum_gap / YEAR
-    active = _chronic_active(ix, pts, pat, vidx)
-    primary = _primary_reason(rng, ix, active, age_approx, pts.female[pat], pts.eth[pat])
-    severity = _acute_active(rng, ix, active, primary)
+    active, primary, severity = _conditions_by_visit(rng, ix, pts, pat, vidx, age_approx, cfg)
     admit, disch = _admission_times(rng, t0, pat, cum_gap, start_of, severity)
     age_v = pts.age0[pat] + (admit - t0[pat]) / YEAR
     return _Visits(pat.size, pat, vidx, t0, active, primary, severity, admit, disch, age_v)
+
+
+def _conditions_by_visit(rng, ix: _Index, pts: _Patients, pat, vidx, age_approx, cfg):
+    """Conditions, primary reason and severity of each admission, one visit position at a time.
+
+    With ``event_regimens`` an acute event with a ``starts`` field (MI, VTE, stroke, ...) switches
+    its chronic condition on from the patient's next admission: a regimen only history reveals.
+    Returns (active [V, conditions], primary [V], severity [V]).
+    """
+    active = _chronic_active(ix, pts, pat, vidx)
+    primary = np.zeros(pat.size, dtype=np.int64)
+    severity = np.zeros(pat.size, dtype=np.int64)
+    chronic = np.asarray(ix.chronic)
+    starts = (
+        [
+            (ci, ix.ch_pos[ix.name_to_i[c["starts"]]], float(c.get("starts_p", 1.0)))
+            for ci, c in enumerate(ix.conds)
+            if c["kind"] == "acute" and "starts" in c
+        ]
+        if cfg.event_regimens
+        else []
+    )
+    started = np.zeros((pts.n, len(ix.chronic)), dtype=bool)
+    for t in range(int(vidx.max()) + 1 if vidx.size else 0):
+        rows = np.flatnonzero(vidx == t)
+        p_t = pat[rows]
+        sub = active[rows]
+        if starts and t > 0:
+            sub[:, chronic] |= started[p_t]
+        primary[rows] = _primary_reason(
+            rng, ix, sub, age_approx[rows], pts.female[p_t], pts.eth[p_t]
+        )
+        severity[rows] = _acute_active(rng, ix, sub, primary[rows])
+        active[rows] = sub
+        for ci, j, p in starts:
+            hit = sub[:, ci] & (rng.random(rows.size) < p)
+            started[p_t[hit], j] = True
+    return active, primary, severity
 
 
 def _visit_counts(rng: np.random.Generator, pts: _Patients) -> np.ndarray:
@@ -479,7 +586,7 @@ def _admission_type_and_location(rng, ix: _Index, primary: np.ndarray):
     V = primary.size
     elective_p = np.array([c.get("elective", 0.0) for c in ix.conds])[primary]
     adm_u = rng.random(V)
-    adm_type = np.where(adm_u < elective_p, 0, np.where(rng.random(V) < 0.12, 2, 1))
+    adm_type = np.where(adm_u < elective_p, 0, np.where(rng.random(V) < URGENT_P, 2, 1))
     adm_types = ["ELECTIVE", "EMERGENCY", "URGENT"]
     loc_labels = ["PHYS REFERRAL/NORMAL DELI", "CLINIC REFERRAL/PREMATURE",
                   "EMERGENCY ROOM ADMIT", "TRANSFER FROM HOSP/EXTRAM", "TRANSFER FROM SKILLED NUR"]  # fmt: skip
@@ -506,7 +613,7 @@ def _insurance(rng, ix: _Index, pts: _Patients, vis: _Visits) -> pa.Array:
     ins_p = np.where(
         old[:, None],
         np.array([0.9, 0.07, 0.02, 0.005, 0.005])[None, :],
-        np.array([0.13, 0.56, 0.22, 0.05, 0.04])[None, :],
+        np.array([0.25, 0.46, 0.2, 0.05, 0.04])[None, :],
     ).copy()
     ins_p[~old & esrd, 0] += 0.9
     ins_p[~old & social, 2] += 0.35
@@ -516,31 +623,33 @@ def _insurance(rng, ix: _Index, pts: _Patients, vis: _Visits) -> pa.Array:
 
 
 def _marital_status(rng, ix: _Index, pts: _Patients, pat: np.ndarray) -> pa.Array:
-    """Marital status by age at first admission (stable per patient), missing for ~5%."""
+    """Marital status by age at first admission (stable per patient), missing for ~12%."""
     mar_labels = ["MARRIED", "SINGLE", "WIDOWED", "DIVORCED", "SEPARATED", "LIFE PARTNER",
                   "UNKNOWN (DEFAULT)"]  # fmt: skip
     age_band = np.digitize(pts.age0, [30, 65, 80])
     mar_p = np.array(
         [
             [0.15, 0.8, 0.0, 0.02, 0.01, 0.015, 0.005],
-            [0.52, 0.28, 0.03, 0.12, 0.03, 0.01, 0.01],
-            [0.55, 0.1, 0.2, 0.11, 0.02, 0.005, 0.015],
-            [0.33, 0.08, 0.52, 0.05, 0.005, 0.0, 0.015],
+            [0.5, 0.32, 0.03, 0.11, 0.02, 0.01, 0.01],
+            [0.56, 0.15, 0.14, 0.11, 0.02, 0.005, 0.015],
+            [0.4, 0.12, 0.4, 0.06, 0.005, 0.0, 0.015],
         ]
     )[age_band].copy()
     alcohol0 = pts.present0[:, ix.ch_pos[ix.name_to_i["alcohol dependence"]]]
     mar_p[alcohol0, 1] += 0.25
     mar_p[alcohol0, 3] += 0.15
     marital = _choice_rows(rng, mar_p)
-    marital_missing = rng.random(pts.n) < 0.05
+    marital_missing = rng.random(pts.n) < MARITAL_MISSING_P
     return _take(mar_labels, marital[pat], marital_missing[pat])
 
 
 def _ethnicity_language_religion(rng, pts: _Patients, pat: np.ndarray) -> dict[str, pa.Array]:
     """Ethnicity label, language (missing for ~25%), religion: per patient, as visit columns."""
     n, eth = pts.n, pts.eth
-    eth_labels, eth_choice = [], np.zeros(n, dtype=np.int64)
-    lang_labels, lang_choice = [], np.zeros(n, dtype=np.int64)
+    eth_labels: list[str] = []
+    lang_labels: list[str] = []
+    eth_choice = np.zeros(n, dtype=np.int64)
+    lang_choice = np.zeros(n, dtype=np.int64)
     for g, group in enumerate(ETH_GROUPS):
         sel = np.flatnonzero(eth == g)
         opts = K.ETHNICITIES[group]
@@ -549,7 +658,7 @@ def _ethnicity_language_religion(rng, pts: _Patients, pat: np.ndarray) -> dict[s
         lopts = K.LANGUAGES[group]
         lang_choice[sel] = len(lang_labels) + _choice(rng, [w for _, w in lopts], len(sel))
         lang_labels += [lab for lab, _ in lopts]
-    lang_missing = rng.random(n) < 0.25
+    lang_missing = rng.random(n) < LANGUAGE_MISSING_P
     religion = _choice(rng, [w for _, w in K.RELIGIONS], n)
     return {
         "LANGUAGE": _take(lang_labels, lang_choice[pat], lang_missing[pat]),
@@ -588,39 +697,53 @@ def _rare_codes(rng, V: int, rare_codes: list[int], rate: float, rank: int):
     return rows, rare[_choice(rng, zipf, rows.size)], np.full(rows.size, rank)
 
 
-def _diagnoses(rng, ix: _Index, n: int, vis: _Visits):
-    """DIAGNOSES_ICD as (visit, code, SEQ_NUM): condition codes, their extras, rare codes."""
+def _condition_codes(rng, ix: _Index, ci: int, size: int, tail_share: float) -> np.ndarray:
+    """Diagnosis codes (dx indices) of condition ``ci``: its main codes by weight, or with
+    probability ``tail_share`` a rare variant from its long tail (uniformly)."""
+    c = ix.conds[ci]
+    codes = np.array([ix.dx_i[code] for code, _ in c["dx"]])
+    pick = codes[_choice(rng, [w for _, w in c["dx"]], size)]
+    tail = ix.tail.get(ci)
+    if tail is not None and tail_share > 0:
+        use = rng.random(size) < tail_share
+        pick = np.where(use, tail[rng.integers(0, tail.size, size)], pick)
+    return pick
+
+
+def _diagnoses(rng, ix: _Index, n: int, vis: _Visits, cfg: SyntheticConfig):
+    """DIAGNOSES_ICD as (visit, code, SEQ_NUM): condition codes, their extras, incidental codes.
+
+    SEQ_NUM puts the primary reason first, then its extra codes, the secondary acute conditions,
+    the chronic conditions and the incidental codes (ties in random order).
+    """
     pat, active, primary = vis.pat, vis.active, vis.primary
     d_visit, d_code, d_rank = [], [], []
-    chronic_code = {}
-    for ci in ix.chronic:
-        c = ix.conds[ci]
-        chronic_code[ci] = _choice(rng, [w for _, w in c["dx"]], n)
+    chronic_code = {ci: _condition_codes(rng, ix, ci, n, cfg.tail_share) for ci in ix.chronic}
     for ci, c in enumerate(ix.conds):
         is_chronic = c["kind"] == "chronic"
         mask = active[:, ci]
         if is_chronic:
-            mask = mask & (rng.random(vis.V) < CHRONIC_CODED_P)
+            mask = mask & (rng.random(vis.V) < cfg.chronic_coded_p)
         rows = np.flatnonzero(mask)
         if rows.size == 0:
             continue
-        codes = np.array([ix.dx_i[code] for code, _ in c["dx"]])
-        pick = _choice(rng, [w for _, w in c["dx"]], rows.size)
-        if is_chronic:
+        pick = _condition_codes(rng, ix, ci, rows.size, cfg.tail_share)
+        if is_chronic:  # the patient's own code for the condition, at most admissions
             keep = rng.random(rows.size) < 0.85
             pick = np.where(keep, chronic_code[ci][pat[rows]], pick)
             rank = np.full(rows.size, 3)
         else:
             rank = np.where(primary[rows] == ci, 0, 2)
         d_visit.append(rows)
-        d_code.append(codes[pick])
+        d_code.append(pick)
         d_rank.append(rank)
         for code, p in c["dx_extra"]:
             sel = rows[rng.random(rows.size) < p]
             d_visit.append(sel)
             d_code.append(np.full(sel.size, ix.dx_i[code]))
             d_rank.append(np.where(primary[sel] == ci, 1, 3))
-    rows, codes, ranks = _rare_codes(rng, vis.V, [ix.dx_i[c] for c in K.RARE_DIAGNOSES], 0.8, 4)
+    rare = [ix.dx_i[c] for c in K.RARE_DIAGNOSES]
+    rows, codes, ranks = _rare_codes(rng, vis.V, rare, INCIDENTAL_DX_RATE, 4)
     d_visit.append(rows)
     d_code.append(codes)
     d_rank.append(ranks)
@@ -648,7 +771,8 @@ def _procedures(rng, ix: _Index, vis: _Visits):
         p_visit.append(sel)
         p_code.append(np.full(sel.size, ix.px_i[code]))
         p_rank.append(np.full(sel.size, 1))
-    rows, codes, ranks = _rare_codes(rng, V, [ix.px_i[c] for c in K.RARE_PROCEDURES], 0.15, 3)
+    rare = [ix.px_i[c] for c in K.RARE_PROCEDURES]
+    rows, codes, ranks = _rare_codes(rng, V, rare, RARE_PX_RATE, 3)
     p_visit.append(rows)
     p_code.append(codes)
     p_rank.append(ranks)
@@ -656,30 +780,107 @@ def _procedures(rng, ix: _Index, vis: _Visits):
 
 
 # ---- medication classes per visit -------------------------------------------------------------
-def _medication_classes(rng, ix: _Index, n: int, vis: _Visits):
-    """ATC3 classes given at each admission; returns (visit, class, no_rx mask [V])."""
+def _medication_classes(
+    rng, ix: _Index, pts: _Patients, vis: _Visits, cfg: SyntheticConfig, cat: pd.DataFrame
+) -> _Medications:
+    """The ATC3 classes given at each admission, and the true probability of each (the oracle).
+
+    Each class is drawn once per admission with probability ``p_raw``: the noisy-OR of its sources
+    (chronic regimens, acute conditions, rules, the routine), times the share kept by the
+    contraindications of the admission's conditions and age. Then a class is withheld with its
+    probability when an interacting driving class was drawn (DRUG_WITHHOLDING). The oracle is the
+    exact marginal of all this given what the generator knows, times the probability that at
+    least one of the class's PRESCRIPTIONS rows maps back to it.
+    """
+    p_raw = _class_probabilities(rng, ix, pts, vis, cfg)
+    given = rng.random(p_raw.shape, dtype=np.float32) < p_raw
+    p_final = p_raw.copy()
+    if cfg.contraindications:
+        for target, driver, w in K.DRUG_WITHHOLDING:
+            t, d = ix.atc_i[target], ix.atc_i[driver]
+            withheld = given[:, d] & (rng.random(vis.V) < w)
+            given[:, t] &= ~withheld
+            p_final[:, t] *= 1.0 - w * p_raw[:, d]
+    no_rx = rng.random(vis.V) < 0.02  # a few admissions without any PRESCRIPTIONS row, as in MIMIC
+    given[no_rx] = False
+    mv, ma = np.nonzero(given)
+    oracle = (p_final * _mapping_probability(ix, cat)[None, :]).astype(np.float32)
+    return _Medications(mv, ma, no_rx, oracle)
+
+
+def _class_probabilities(rng, ix: _Index, pts: _Patients, vis: _Visits, cfg: SyntheticConfig):
+    """[V, classes] float32: each class's probability before the interacting-class withholding."""
     V, pat = vis.V, vis.pat
-    m_visit, m_atc = [], []
+    keep = np.ones((V, len(ix.atc3s)), dtype=np.float32)  # prod(1 - p) over the sources
     for ci, c in enumerate(ix.conds):
         rows = np.flatnonzero(vis.active[:, ci])
         for atc, p in c["meds"].items():
+            a = ix.atc_i[atc]
             if c["kind"] == "chronic":  # the patient's regimen, continued at each admission
-                regimen = rng.random(n) < p
-                sel = rows[regimen[pat[rows]] & (rng.random(rows.size) < CHRONIC_CONTINUE_P)]
+                regimen = rng.random(pts.n) < p
+                keep[rows, a] *= 1.0 - cfg.regimen_continue_p * regimen[pat[rows]]
             else:
-                sel = rows[rng.random(rows.size) < p]
-            m_visit.append(sel)
-            m_atc.append(np.full(sel.size, ix.atc_i[atc]))
-    for atc, p in K.BASE_MEDS.items():
-        sel = np.flatnonzero(rng.random(V) < p)
-        m_visit.append(sel)
-        m_atc.append(np.full(sel.size, ix.atc_i[atc]))
-    no_rx = rng.random(V) < 0.02  # a few admissions without any PRESCRIPTIONS row, as in MIMIC
-    med = np.zeros((V, len(ix.atc3s)), dtype=bool)
-    med[np.concatenate(m_visit), np.concatenate(m_atc)] = True
-    med[no_rx] = False
-    mv, ma = np.nonzero(med)
-    return mv, ma, no_rx
+                keep[rows, a] *= 1.0 - p
+    sd = cfg.routine_patient_sd
+    z = rng.normal(size=(pts.n, len(K.BASE_MEDS))) if sd > 0 else None
+    decades = (vis.age_v - 65.0) / 10.0 if cfg.interactions else np.zeros(V)
+    female = pts.female[pat] if cfg.interactions else np.zeros(V, dtype=bool)
+    for k, (atc, p) in enumerate(K.BASE_MEDS.items()):
+        lg = _logit(p) + K.ROUTINE_AGE.get(atc, 0.0) * decades
+        lg = lg + K.ROUTINE_FEMALE.get(atc, 0.0) * female
+        if z is not None:
+            lg = lg + sd * z[pat, k]
+        keep[:, ix.atc_i[atc]] *= 1.0 - _sigmoid(lg)
+    for atc, ps in K.SEVERITY_MEDS.items():
+        keep[:, ix.atc_i[atc]] *= 1.0 - np.asarray(ps)[vis.severity]
+    if cfg.interactions:
+        for rule in K.DRUG_RULES:
+            keep[_rule_holds(ix, pts, vis, rule), ix.atc_i[rule["atc"]]] *= 1.0 - rule["p"]
+    p_raw = 1.0 - keep
+    if cfg.contraindications:
+        for cond, table in K.CONDITION_CONTRAINDICATIONS.items():
+            rows = vis.active[:, ix.name_to_i[cond]]
+            for atc, w in table.items():
+                p_raw[rows, ix.atc_i[atc]] *= 1.0 - w
+        for atc, age_min, w in K.AGE_CONTRAINDICATIONS:
+            p_raw[vis.age_v >= age_min, ix.atc_i[atc]] *= 1.0 - w
+    return p_raw
+
+
+def _rule_holds(ix: _Index, pts: _Patients, vis: _Visits, rule: Mapping[str, Any]) -> np.ndarray:
+    """[V] bool: the admissions where a DRUG_RULES entry applies."""
+    ok = np.ones(vis.V, dtype=bool)
+    for cond in rule["all_of"]:
+        ok &= vis.active[:, ix.name_to_i[cond]]
+    if "age_min" in rule:
+        ok &= vis.age_v >= rule["age_min"]
+    if "age_max" in rule:
+        ok &= vis.age_v < rule["age_max"]
+    if "sex" in rule:
+        ok &= pts.female[vis.pat] == (rule["sex"] == "F")
+    return ok
+
+
+def _drug_weights(drugs: np.ndarray) -> np.ndarray:
+    """Which drug of a class is prescribed: Zipf-like over the class's drugs in DRUGS order."""
+    w = 1.0 / np.arange(1, drugs.size + 1) ** 0.8
+    return w / w.sum()
+
+
+def _mapping_probability(ix: _Index, cat: pd.DataFrame) -> np.ndarray:
+    """[classes]: P(at least one PRESCRIPTIONS row of a given class maps back to it), exactly as
+    the rows are drawn (drug by _drug_weights, 1 + Poisson rows, NDC by item weight, NDC empty)."""
+    drug_atc = np.array([ix.atc_i[d[0][:4]] for d in K.DRUGS])
+    mapped = (cat["in_ndc_map"] & cat["in_atc_map"]).to_numpy(dtype=np.float64)
+    q = (1.0 - NDC_EMPTY_P) * np.bincount(
+        cat["drug"].to_numpy(), weights=cat["weight"].to_numpy() * mapped, minlength=len(K.DRUGS)
+    )
+    p_drug = 1.0 - (1.0 - q) * np.exp(-ROWS_PER_CLASS * q)  # E[1 - (1-q)^(1+N)], N ~ Poisson
+    out = np.zeros(len(ix.atc3s))
+    for a in range(len(ix.atc3s)):
+        drugs = np.flatnonzero(drug_atc == a)
+        out[a] = float((_drug_weights(drugs) * p_drug[drugs]).sum())
+    return out
 
 
 # ---- prescription rows ------------------------------------------------------------------------
@@ -699,8 +900,7 @@ def _pick_drugs(rng, ix: _Index, drug_atc: np.ndarray, ma: np.ndarray) -> np.nda
             continue
         if drugs.size == 0:
             raise ValueError(f"knowledge.DRUGS has no drug for ATC3 class {ix.atc3s[a]}")
-        w = 1.0 / np.arange(1, drugs.size + 1) ** 0.8
-        drug_pick[sel] = drugs[_choice(rng, w, sel.size)]
+        drug_pick[sel] = drugs[_choice(rng, _drug_weights(drugs), sel.size)]
     return drug_pick
 
 
@@ -712,7 +912,7 @@ def _prescription_items(rng, ix: _Index, cat: pd.DataFrame, V: int, mv, ma, no_r
     item_count = np.bincount(drug_of_item, minlength=len(K.DRUGS))
     drug_atc = np.array([ix.atc_i[d[0][:4]] for d in K.DRUGS])
     drug_pick = _pick_drugs(rng, ix, drug_atc, ma)
-    n_rows = 1 + rng.poisson(0.8, mv.size)
+    n_rows = 1 + rng.poisson(ROWS_PER_CLASS, mv.size)
     r_visit = np.repeat(mv, n_rows)
     r_drug = np.repeat(drug_pick, n_rows)
     u = rng.random(r_drug.size)
@@ -781,7 +981,7 @@ def _item_columns(cat: pd.DataFrame) -> dict[str, list]:
 def _prescriptions_table(rng, cat: pd.DataFrame, rx: _Prescriptions, v_subject, hadm_id):
     item_cols = _item_columns(cat)
     R = rx.visit.size
-    ndc_null = rng.random(R) < 0.02  # NDC left empty, as happens in MIMIC
+    ndc_null = rng.random(R) < NDC_EMPTY_P  # NDC left empty, as happens in MIMIC
     presc = {
         "ROW_ID": pa.array(np.arange(1, R + 1)),
         "SUBJECT_ID": pa.array(v_subject[rx.visit]),
@@ -875,16 +1075,23 @@ def _code_table(fin, codes: list[str], v_subject, hadm_id) -> pa.Table:
     )
 
 
-def _icd_dictionary(titles: dict[str, str]) -> pa.Table:
+def _icd_dictionary(titles: dict[str, tuple[str, str]]) -> pa.Table:
     codes = list(titles)
     return pa.table(
         {
             "ROW_ID": pa.array(np.arange(1, len(codes) + 1)),
             "ICD9_CODE": _labels(codes),
-            "SHORT_TITLE": _labels([_short_title(titles[c]) for c in codes]),
-            "LONG_TITLE": _labels([titles[c] for c in codes]),
+            "SHORT_TITLE": _labels([titles[c][0] for c in codes]),
+            "LONG_TITLE": _labels([titles[c][1] for c in codes]),
         }
     )
+
+
+def _oracle_table(oracle: np.ndarray, atc3s: list[str], hadm_id: np.ndarray) -> pa.Table:
+    """HADM_ID + one float32 column per ATC3 class: the admission's true label probabilities."""
+    columns = {"HADM_ID": pa.array(hadm_id.astype(np.int64))}
+    columns.update({atc: pa.array(oracle[:, a]) for a, atc in enumerate(atc3s)})
+    return pa.table(columns)
 
 
 def _finalise_codes(rng, visits, codes, ranks, n_codes):
@@ -946,26 +1153,44 @@ def _aux_tables(cat: pd.DataFrame) -> dict[str, pa.Table]:
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
-def generate_cohort(n_patients: int, seed: int) -> dict[str, pd.DataFrame]:
+def generate_cohort(
+    n_patients: int, seed: int, params: SyntheticConfig | Mapping[str, Any] | None = None
+) -> dict[str, pd.DataFrame]:
     """Simulate `n_patients` patients; return the raw MIMIC-III tables and the aux tables.
 
     Keys: PATIENTS, ADMISSIONS, DIAGNOSES_ICD, PROCEDURES_ICD, PRESCRIPTIONS, D_ICD_DIAGNOSES,
     D_ICD_PROCEDURES (UPPER-case MIMIC-III v1.4 columns; codes, NDCs and dates are strings; ids
-    are Int64 with nulls where MIMIC has them) and the aux tables NDC2RXNORM (NDC, RXCUI),
-    RXCUI2ATC4 (YEAR, MONTH, NDC, RXCUI, ATC4), WHO_ATC (atc_code, atc_name, ddd, uom, adm_r,
-    note), DDI_PAIRS (atc3_a, atc3_b).
+    are Int64 with nulls where MIMIC has them), ORACLE (HADM_ID + the true probability of each
+    ATC3 class) and the aux tables NDC2RXNORM (NDC, RXCUI), RXCUI2ATC4 (YEAR, MONTH, NDC, RXCUI,
+    ATC4), WHO_ATC (atc_code, atc_name, ddd, uom, adm_r, note), DDI_PAIRS (atc3_a, atc3_b).
+    ``params``: the mechanism switches of :class:`SyntheticConfig` (its n_patients and seed are
+    ignored in favour of the arguments).
     """
-    tables = _simulate(n_patients, seed)
+    tables = _simulate(n_patients, seed, _mechanism(params))
     return {name: _to_pandas(t) for name, t in tables.items()}
+
+
+def _mechanism(params: SyntheticConfig | Mapping[str, Any] | None) -> SyntheticConfig:
+    if params is None or isinstance(params, SyntheticConfig):
+        return params or SyntheticConfig()
+    return synthetic_config(params)
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
-def write_cohort(raw_dir, aux_dir, n_patients: int, seed: int) -> dict:
+def write_cohort(
+    raw_dir,
+    aux_dir,
+    n_patients: int,
+    seed: int,
+    params: SyntheticConfig | Mapping[str, Any] | None = None,
+) -> dict:
     """Generate the cohort and write it as real MIMIC-III + aux files; return a manifest.
 
+    Besides the MIMIC tables, raw_dir gets ``SYNTHETIC_ORACLE.parquet`` (what the generator knows:
+    the true probability of each ATC3 class at each admission) and ``SYNTHETIC_MANIFEST.json``.
     Refuses to write into a folder that holds a PATIENTS.csv without a synthetic manifest, so a
     misconfigured `raw_dir` can never overwrite real MIMIC data.
     """
@@ -976,7 +1201,8 @@ def write_cohort(raw_dir, aux_dir, n_patients: int, seed: int) -> dict:
             "MIMIC data, refusing to overwrite it with the synthetic cohort. Set `source` to "
             "mimic3/mimic4 or point `raw_dir` to another folder."
         )
-    tables = _simulate(n_patients, seed)
+    cfg = _mechanism(params)
+    tables = _simulate(n_patients, seed, cfg)
     raw_dir.mkdir(parents=True, exist_ok=True)
     aux_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
@@ -985,6 +1211,8 @@ def write_cohort(raw_dir, aux_dir, n_patients: int, seed: int) -> dict:
         path = raw_dir / f"{name}.csv"
         pacsv.write_csv(tables[name], path, opts)
         paths[name] = str(path)
+    pq.write_table(tables["ORACLE"], raw_dir / ORACLE_NAME)
+    paths["ORACLE"] = str(raw_dir / ORACLE_NAME)
     for key in ("RXCUI2ATC4", "WHO_ATC", "DDI_PAIRS"):
         path = aux_dir / AUX_FILES[key]
         pacsv.write_csv(tables[key], path, opts)
@@ -1002,11 +1230,30 @@ def write_cohort(raw_dir, aux_dir, n_patients: int, seed: int) -> dict:
         "version": GENERATOR_VERSION,
         "n_patients": int(n_patients),
         "seed": int(seed),
+        "mechanism": {k: v for k, v in as_dict(cfg).items() if k not in ("n_patients", "seed")},
         "paths": paths,
         "row_counts": {k: int(t.num_rows) for k, t in tables.items()},
     }
     (raw_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def read_oracle(path: str | Path, hadm_ids, medications) -> np.ndarray:
+    """[len(hadm_ids), len(medications)] float64: the oracle probabilities of those admissions and
+    classes, from ``SYNTHETIC_ORACLE.parquet``. A class the cohort never gives is 0."""
+    table = pd.read_parquet(path).set_index("HADM_ID")
+    ids = pd.Index(np.asarray(hadm_ids, dtype=np.int64))
+    missing = ids.difference(table.index)
+    if len(missing):
+        raise ValueError(
+            f"{path}: no oracle row for {len(missing)} admission(s), e.g. {list(missing[:3])}; "
+            "the samples do not come from this synthetic cohort (re-run `kedro run --pipeline=ingest`)"
+        )
+    out = np.zeros((len(ids), len(medications)), dtype=np.float64)
+    for j, med in enumerate(medications):
+        if med in table.columns:
+            out[:, j] = table[med].reindex(ids).to_numpy(dtype=np.float64)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

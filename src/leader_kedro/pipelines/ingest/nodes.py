@@ -23,7 +23,7 @@ def prepare_raw(
         from leader_kedro.synthetic import generator as synth
 
         scfg = synth.synthetic_config(synthetic)
-        written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed)
+        written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed, scfg)
     cfg = ingest_core.ingest_config(ingest, seed)
     manifest = ingest_core.locate_inputs(source, raw_dir, aux_dir, cfg)
     manifest["synthetic"] = written
@@ -47,6 +47,20 @@ def make_splits(visits: pd.DataFrame, ingest: dict, seed: int):
     out = ingest_core.make_splits(visits, ingest_core.ingest_config(ingest, seed))
     s = out["samples"]
     return s["train"], s["val"], s["test"], out["split_ids"], out["report"]
+
+
+def oracle_predictions(
+    raw_manifest: dict, samples_val: pd.DataFrame, samples_test: pd.DataFrame, vocab: dict
+):
+    """The synthetic generator's true probabilities for val and test (no rows for real MIMIC)."""
+    from leader_kedro.ingest import stage as ingest_core
+
+    val, test = (
+        ingest_core.oracle_predictions(raw_manifest, s, vocab) for s in (samples_val, samples_test)
+    )
+    if val.empty and len(samples_val):
+        logger.info("no oracle for source %s: the evaluation leaves it out", raw_manifest["source"])
+    return val, test
 
 
 def write_ingest_report(

@@ -40,6 +40,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="make_splits",
             ),
             Node(
+                nodes.oracle_predictions,
+                inputs=["raw_manifest", "samples_val", "samples_test", "vocab"],
+                outputs=["oracle_predictions_val", "oracle_predictions_test"],
+                name="oracle_predictions",
+            ),
+            Node(
                 nodes.write_ingest_report,
                 inputs=[
                     "raw_manifest",
