@@ -1,21 +1,10 @@
 """The ingest core on the real MIMIC-III and MIMIC-IV demos in ../shared/data (read in place)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
+from demo_helpers import env_ingest, principal_diagnoses  # noqa: E402
 
-from leader_kedro.ingest.stage import run_ingest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def env_ingest(env: str) -> dict:
-    """The `ingest` block of conf/<env>/parameters_ingest.yml (${seed} left to the seed argument)."""
-    ingest = yaml.safe_load((ROOT / "conf" / env / "parameters_ingest.yml").read_text())["ingest"]
-    ingest["split"] = {**ingest["split"], "seed": None}
-    return ingest
+from leader_kedro.ingest.stage import run_ingest  # noqa: E402
 
 
 def check_contract(out: dict) -> None:
@@ -76,3 +65,27 @@ def test_mimic4_demo(shared_data):
     assert any(code.startswith("10_") for code in out["vocab"]["diagnosis"])
     assert out["report"]["mapping"]["codes_without_name"]["diagnosis"] == 0
     assert out["visits"]["ethnicity"].ne("unknown").all()  # `race` becomes the ethnicity field
+
+
+def test_principal_diagnosis_comes_first_through_visits_and_samples(shared_data):
+    """SEQ_NUM order: the principal diagnosis of every demo admission is the first diagnosis of
+    its visit, and of the current visit (and each history visit) of the samples."""
+    for env, folder, table, col, version in (
+        ("mimic3", "mimic3_demo", "DIAGNOSES_ICD.csv", "icd9_code", False),
+        ("mimic4", "mimic4_demo", "hosp/diagnoses_icd.csv.gz", "icd_code", True),
+    ):
+        if not (shared_data / folder / table).is_file():
+            continue
+        out = run_ingest(env, shared_data / folder, shared_data / "aux", env_ingest(env), seed=42)
+        principal = principal_diagnoses(shared_data / folder / table, col, version)
+        visits = out["visits"]
+        first = visits["diagnoses"].map(lambda d: d[0])
+        assert (first == visits["hadm_id"].map(principal)).all(), env
+        hadm_of = visits.groupby("subject_id")["hadm_id"].apply(list)
+        for df in out["samples"].values():
+            for row in df.itertuples():
+                assert row.diagnoses[-1][0] == principal[row.hadm_id]
+                for hadm, dx in zip(hadm_of[row.subject_id], row.diagnoses, strict=False):
+                    assert dx[0] == principal[hadm]
+        # not alphabetical: the order carries information
+        assert (visits["diagnoses"].map(lambda d: list(d) != sorted(d))).mean() > 0.5

