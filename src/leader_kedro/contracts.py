@@ -70,6 +70,10 @@ FEATURES_COMMAND = "kedro run --pipeline=features"
 
 #: Student variant -> its model name (the main student and the ablations with one part off).
 STUDENT_VARIANTS = {"main": "student", "no_kd": "student_no_kd", "no_align": "student_no_align"}
+#: The synthetic generator's true label probabilities: the ceiling of the evaluation. Ingest
+#: writes ``oracle_predictions_{val,test}`` for every source, with no rows for real MIMIC (only the
+#: generator knows them), and the evaluation leaves an oracle without rows out.
+ORACLE = "oracle"
 #: Every compared model, in table order, with its label in the report.
 MODEL_LABELS = {
     "teacher": "Teacher (LM + LoRA + head)",
@@ -78,6 +82,7 @@ MODEL_LABELS = {
     "student_no_align": "Student w/o alignment",
     "baseline_mostfreq": "Most-frequent drugs",
     "baseline_logreg": "Multi-hot logistic regression",
+    ORACLE: "Oracle: the generator's true probabilities (synthetic only)",
 }
 MODELS = tuple(MODEL_LABELS)
 

@@ -187,3 +187,51 @@ def test_ddi_adjacency_error_names_the_table(cohort):
     }
     with pytest.raises(ValueError, match="ddi_adjacency"):
         E.evaluate_models(preds, cohort["samples_val"], cohort["samples_test"], vocab, bad)
+
+
+def test_rare_code_strata_count_train_visits_once_per_patient():
+    samples_train = pd.DataFrame(
+        {
+            "subject_id": [1, 1, 2],
+            "n_past": [0, 1, 0],  # every_visit: patient 1's second sample repeats its first visit
+            "diagnoses": [[["A", "B"]], [["A", "B"], ["A", "A"]], [["B"]]],
+        }
+    )
+    counts = C.diagnosis_counts(samples_train)
+    assert counts == {"A": 2, "B": 2}  # visits, not samples; a code twice in a visit counts once
+    test = pd.DataFrame({"n_past": [0, 1, 0], "diagnoses": [[["A"]], [["Z"], ["A"]], [["B", "C"]]]})
+    masks = C.group_masks(test, counts, max_count=1)
+    assert masks["rare_dx"].tolist() == [False, False, True]  # C never seen; Z only in history
+    assert (masks["common_dx"] == ~masks["rare_dx"]).all()
+    assert set(C.group_masks(test)) == {"overall", "single_visit", "multi_visit"}
+
+
+def test_evaluate_models_reports_rare_code_strata(cohort):
+    vocab, val, test = cohort["vocab"], cohort["samples_val"], cohort["samples_test"]
+    preds = {"m": (_noisy_predictions(val, vocab, 0), _noisy_predictions(test, vocab, 1))}
+    cfg = E.evaluate_config({"seed": 0, "ddi_postprocess": {"enabled": False}})
+    doc = E.evaluate_models(
+        preds, val, test, vocab, None, cfg, samples_train=cohort["samples_train"]
+    )
+    sizes = doc["groups"]
+    assert sizes["rare_dx"]["samples"] + sizes["common_dx"]["samples"] == len(test)
+    assert doc["rare_code_max_count"] == 5
+    flat = E.flat_metrics(doc)
+    for group in ("rare_dx", "common_dx"):
+        assert (f"m.leader.{group}.prauc" in flat) == (sizes[group]["samples"] > 0)
+    without = E.evaluate_models(preds, val, test, vocab, None, cfg)
+    assert "rare_dx" not in without["groups"]
+
+
+def test_learning_curve_subsets_are_nested_and_seeded(cohort):
+    from leader_kedro.evaluation.learning_curve import train_subsets
+
+    train = cohort["samples_train"]
+    subsets = train_subsets(train, [0.5, 0.1, 1.0], seed=3)
+    assert list(subsets) == [0.1, 0.5, 1.0] and len(subsets[1.0]) == len(train)
+    ids = [set(df["subject_id"]) for df in subsets.values()]
+    assert ids[0] < ids[1] < ids[2]
+    assert set(train_subsets(train, [0.5], seed=3)[0.5]["subject_id"]) == ids[1]
+    assert set(train_subsets(train, [0.5], seed=4)[0.5]["subject_id"]) != ids[1]
+    with pytest.raises(ValueError, match="fractions"):
+        train_subsets(train, [0.0], seed=3)

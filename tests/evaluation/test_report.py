@@ -15,6 +15,7 @@ MODELS = (
     "student_no_align",
     "baseline_mostfreq",
     "baseline_logreg",
+    "oracle",
 )
 
 
@@ -50,7 +51,19 @@ def doc():
         vocab,
         c["ddi_adjacency"],
         E.evaluate_config({"threshold_tuning": tuning, "ddi_postprocess": post, "seed": 0}),
+        samples_train=c["samples_train"],
     )
+
+
+@pytest.fixture(scope="module")
+def curve():
+    from leader_kedro.evaluation.learning_curve import learning_curve
+
+    c = make_tiny_cohort(n_patients=60, seed=2)
+    vocab, val, test = c["vocab"], c["samples_val"], c["samples_test"]
+    oracle = (_pred(val, vocab, 1, 0.1), _pred(test, vocab, 2, 0.1))
+    cfg = E.evaluate_config({"learning_curve": {"fractions": [0.5, 1.0]}, "seed": 0})
+    return learning_curve(c["samples_train"], val, test, vocab, cfg, oracle=oracle)
 
 
 EFF = {
@@ -176,3 +189,22 @@ def test_load_optional_json(tmp_path):
     assert R.load_optional_json(tmp_path / "absent.json") is None
     (tmp_path / "g.json").write_text('{"a": 1}')
     assert R.load_optional_json(tmp_path / "g.json") == {"a": 1}
+
+
+def test_markdown_shows_oracle_learning_curve_and_rare_code_groups(doc, curve):
+    md = R.render_markdown(doc, EFF, INGEST, learning_curve=curve)
+    head = md.split("## Headline")[1].split("##")[0]
+    assert "Oracle: the generator's true probabilities" in head  # a row of the evaluation
+    groups = md.split("## Groups")[1].split("## Headroom")[0]
+    assert "| model | overall | single-visit | multi-visit | rare dx | no rare dx |" in groups
+    assert "seen at most 5 times" in groups
+    headroom = md.split("## Headroom")[1].split("## Thresholds")[0]
+    assert "logistic regression, 50% of train" in headroom
+    assert "logistic regression, 100% of train" in headroom
+    assert headroom.count("Oracle: the generator") >= 2  # in the text and as the ceiling row
+
+
+def test_markdown_without_oracle_says_so(doc):
+    real = dict(doc, models={m: r for m, r in doc["models"].items() if m != "oracle"})
+    md = R.render_markdown(real, None, {"source": "mimic3", "cohort": {}})
+    assert "No oracle" in md and "`mimic3`" in md and "No learning curve" in md

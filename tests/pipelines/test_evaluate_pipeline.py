@@ -73,7 +73,7 @@ def run_outputs(tmp_path_factory):
             }
         ),
     }
-    for k, m in enumerate(("teacher", "student", "student_no_kd", "student_no_align")):
+    for k, m in enumerate(("teacher", "student", "student_no_kd", "student_no_align", "oracle")):
         for split in ("val", "test"):
             data[f"{m}_predictions_{split}"] = _pred(
                 c[f"samples_{split}"], vocab, 10 * k + len(split), 0.3 + 0.2 * k
@@ -87,7 +87,8 @@ def run_outputs(tmp_path_factory):
         def _release(self) -> None:
             pass
 
-    for out in pipeline.outputs() | {"metrics", "efficiency", "baseline_logreg_predictions_test"}:
+    keep = {"metrics", "efficiency", "learning_curve", "baseline_logreg_predictions_test"}
+    for out in pipeline.outputs() | keep:
         if out not in data:
             catalog[out] = Kept(copy_mode="assign")
     SequentialRunner().run(pipeline, catalog)
@@ -96,6 +97,7 @@ def run_outputs(tmp_path_factory):
         for name in (
             "metrics",
             "efficiency",
+            "learning_curve",
             "report",
             "plot_prauc_by_group",
             "baseline_logreg_predictions_test",
@@ -113,12 +115,21 @@ def test_pipeline_produces_report_and_metrics(run_outputs):
         "student_no_align",
         "baseline_mostfreq",
         "baseline_logreg",
+        "oracle",
     ]
     assert metrics["groups"]["overall"]["samples"] == len(c["samples_test"])
+    rare = metrics["groups"]["rare_dx"]["samples"]  # the rare-code strata, for every model
+    assert rare + metrics["groups"]["common_dx"]["samples"] == len(c["samples_test"])
+    assert "rare_dx" in metrics["models"]["student"]["leader"]
+    curve = out["learning_curve"]
+    assert [r["fraction"] for r in curve["curve"]] == [0.25, 1.0] and curve["oracle"]
+    assert curve["curve"][0]["train_samples"] < curve["curve"][1]["train_samples"]
     assert set(metrics["postprocess"]) == {"teacher", "student"}
     assert out["efficiency"]["enabled"] and out["efficiency"]["student"]["throughput"]["4"] > 0
     md = out["report"]
     assert "Multi-hot logistic regression" in md and "Efficiency: teacher vs student" in md
+    assert "Oracle: the generator's true probabilities" in md and "rare dx" in md
+    assert "logistic regression, 25% of train" in md
     assert hasattr(out["plot_prauc_by_group"], "savefig")
     assert list(out["baseline_logreg_predictions_test"].columns) == [
         "sample_id",
@@ -136,6 +147,26 @@ def test_unwired_model_is_a_clear_error():
         nodes.evaluate_models(
             c["samples_val"], c["samples_test"], c["vocab"], c["ddi_adjacency"], params, **preds
         )
+
+
+def test_oracle_without_rows_is_left_out():
+    """A real MIMIC source: ingest writes the oracle tables without rows, evaluate leaves it out."""
+    from leader_kedro.pipelines.evaluate import nodes
+
+    c = make_tiny_cohort(n_patients=30, seed=1)
+    meds = c["vocab"]["medication"]
+    params = dict(_params(), models=["teacher", "oracle"])
+    preds = {f"teacher_{s}": _pred(c[f"samples_{s}"], c["vocab"], 0, 0.3) for s in ("val", "test")}
+    preds.update(
+        {
+            f"oracle_{s}": C.predictions_frame([], np.zeros((0, len(meds))), meds)
+            for s in ("val", "test")
+        }
+    )
+    doc = nodes.evaluate_models(
+        c["samples_val"], c["samples_test"], c["vocab"], c["ddi_adjacency"], params, **preds
+    )
+    assert list(doc["models"]) == ["teacher"]
 
 
 def test_pipeline_import_is_light():

@@ -27,8 +27,12 @@ import pandas as pd
 
 from leader_kedro.config import as_dict, build_config
 from leader_kedro.contracts import (
+    GROUPS,
     MODELS,
+    RARE_GROUPS,
+    RARE_MAX_COUNT,
     ParameterError,
+    diagnosis_counts,
     group_masks,
     label_matrix,
     prediction_matrix,
@@ -132,21 +136,33 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class LearningCurveConfig:
+    """The multi-hot logistic regression refitted on nested, seeded shares of the train patients."""
+
+    enabled: bool = True
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """``params:evaluate`` (conf/base/parameters_evaluate.yml documents every field)."""
 
     seed: int = 42
     models: tuple[str, ...] = MODELS
     ci: float = 0.95
+    rare_code_max_count: int = RARE_MAX_COUNT
     protocols: dict[str, ProtocolConfig] = field(default_factory=lambda: dict(DEFAULT_PROTOCOLS))
     threshold_tuning: ThresholdTuningConfig = field(default_factory=ThresholdTuningConfig)
     ddi_postprocess: DdiPostprocessConfig = field(default_factory=DdiPostprocessConfig)
     logreg: LogregConfig = field(default_factory=LogregConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    learning_curve: LearningCurveConfig = field(default_factory=LearningCurveConfig)
 
 
 def evaluate_config(params: Mapping | EvaluateConfig | None) -> EvaluateConfig:
+    if isinstance(params, EvaluateConfig):
+        return params
     return build_config(EvaluateConfig, params, "evaluate")
 
 
@@ -155,9 +171,14 @@ def evaluate_config(params: Mapping | EvaluateConfig | None) -> EvaluateConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def group_sizes(samples: pd.DataFrame) -> dict[str, dict[str, int]]:
+def group_sizes(
+    samples: pd.DataFrame,
+    train_counts: Mapping[str, int] | None = None,
+    max_count: int = RARE_MAX_COUNT,
+) -> dict[str, dict[str, int]]:
+    """Samples and patients of each group (with ``train_counts``, the rare-code strata too)."""
     out = {}
-    for group, mask in group_masks(samples).items():
+    for group, mask in group_masks(samples, train_counts, max_count).items():
         out[group] = {
             "samples": int(mask.sum()),
             "patients": int(samples.loc[mask, "subject_id"].nunique()),
@@ -284,7 +305,8 @@ def evaluate_protocol(
     ci: float = 0.95,
 ) -> dict[str, Any]:
     """One model, one group, one protocol: the point estimate on all samples and the rounds."""
-    protocol = build_config(ProtocolConfig, protocol, "evaluate.protocols.<protocol>")
+    if not isinstance(protocol, ProtocolConfig):
+        protocol = build_config(ProtocolConfig, protocol, "evaluate.protocols.<protocol>")
     table = per_sample_table(y_true, y_prob, threshold, ddi)
     average = protocol.average
     if average not in ("visit", "patient"):
@@ -341,7 +363,8 @@ def tune_threshold(
 
 
 def threshold_grid(spec: GridConfig | Mapping[str, float]) -> list[float]:
-    spec = build_config(GridConfig, spec, "evaluate.threshold_tuning.grid")
+    if not isinstance(spec, GridConfig):
+        spec = build_config(GridConfig, spec, "evaluate.threshold_tuning.grid")
     start, stop, step = spec.start, spec.stop, spec.step
     n = int(np.floor((stop - start) / step + 1e-9)) + 1
     return [round(start + i * step, 6) for i in range(n)]
@@ -462,7 +485,7 @@ def ddi_tradeoff(
     rows = []
     for k in range(len(targets)):
         state = states[k]
-        row = {
+        row: dict[str, Any] = {
             "target": float(targets[k]),
             "removed": int(n_removed[k]),
             "ddi_rate": M.ddi_rate(state, ddi),
@@ -491,10 +514,13 @@ def evaluate_models(
     vocab: Mapping,
     ddi_adjacency: pd.DataFrame | None,
     cfg: EvaluateConfig | Mapping | None = None,
+    samples_train: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model (``{name: (val_predictions, test_predictions)}``) on the same test split.
 
     ``cfg`` supplies the protocols, threshold tuning, DDI post-processing, seed and interval.
+    With ``samples_train`` the test samples are also grouped by whether the current visit holds a
+    diagnosis seen at most ``cfg.rare_code_max_count`` times in train (``rare_dx`` / ``common_dx``).
     Returns the metrics document (JSON-serialisable) described in docs/evaluate.md.
     """
     cfg = evaluate_config(cfg)
@@ -505,7 +531,8 @@ def evaluate_models(
     y_val, unknown_val = label_matrix(samples_val, vocab, "samples_val", dtype=np.int8)
     y_test, unknown_test = label_matrix(samples_test, vocab, "samples_test", dtype=np.int8)
     subjects = samples_test["subject_id"].to_numpy()
-    masks = group_masks(samples_test)
+    counts = diagnosis_counts(samples_train) if samples_train is not None else None
+    masks = group_masks(samples_test, counts, cfg.rare_code_max_count)
     grid = threshold_grid(tuning.grid)
 
     doc: dict[str, Any] = {
@@ -514,13 +541,15 @@ def evaluate_models(
         "ci": ci,
         "seed": seed,
         "n_medications": len(meds),
-        "groups": group_sizes(samples_test),
+        "groups": group_sizes(samples_test, counts, cfg.rare_code_max_count),
         "ground_truth_ddi": M.ground_truth_ddi_rate(y_test, ddi) if ddi is not None else None,
         "ground_truth_n_med": M.mean_n_med(y_test),
         "thresholds": {},
         "models": {},
         "postprocess": {},
     }
+    if counts is not None:
+        doc["rare_code_max_count"] = cfg.rare_code_max_count
     if unknown_val or unknown_test:
         doc["unknown_label_codes_dropped"] = {"val": unknown_val, "test": unknown_test}
     for model, (pred_val, pred_test) in predictions.items():
@@ -531,7 +560,7 @@ def evaluate_models(
         per_protocol = {}
         for k, (pname, proto) in enumerate(protocols.items()):
             thr = tuned["threshold"] if proto.threshold == "tuned" else float(proto.threshold)
-            per_group = {}
+            per_group: dict[str, Any] = {}
             for group, mask in masks.items():
                 if not mask.any():
                     per_group[group] = {
@@ -583,7 +612,7 @@ def _ddi_matrix(ddi_adjacency: pd.DataFrame | None, meds: list[str]) -> np.ndarr
 
 
 def flat_metrics(
-    doc: Mapping[str, Any], groups: Sequence[str] = ("overall", "single_visit", "multi_visit")
+    doc: Mapping[str, Any], groups: Sequence[str] = GROUPS + RARE_GROUPS
 ) -> dict[str, float]:
     """Flat ``{model.protocol.group.metric: mean}`` for MLflow (round means, point DDI)."""
     out: dict[str, float] = {}

@@ -1,8 +1,9 @@
 """The evaluation report: markdown tables and matplotlib figures from the metrics document.
 
 Inputs are the JSON documents of the evaluate stage (``metrics`` from
-``evaluation.evaluate_models``, ``efficiency`` from ``efficiency.measure``), the ``ingest_report``
-and, when a GPU run was made, the JSON written by ``scripts/gpu_efficiency.py``.
+``evaluation.evaluate_models``, ``efficiency`` from ``efficiency.measure``, ``learning_curve`` from
+``evaluation.learning_curve``), the ``ingest_report`` and, when a GPU run was made, the JSON
+written by ``scripts/gpu_efficiency.py``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from leader_kedro.contracts import GROUPS, ORACLE, RARE_GROUPS
 from leader_kedro.contracts import MODEL_LABELS as DEFAULT_LABELS
 
-GROUP_LABELS = {"overall": "overall", "single_visit": "single-visit", "multi_visit": "multi-visit"}
+GROUP_LABELS = {
+    "overall": "overall",
+    "single_visit": "single-visit",
+    "multi_visit": "multi-visit",
+    "rare_dx": "rare dx",
+    "common_dx": "no rare dx",
+}
 TABLE_METRICS = ("jaccard", "prauc", "f1", "precision", "recall", "n_med")
 METRIC_LABELS = {
     "jaccard": "Jaccard",
@@ -101,6 +109,7 @@ def render_markdown(
     labels: Mapping[str, str] | None = None,
     plots: Mapping[str, str] | None = None,
     targets: Mapping[str, float] | None = None,
+    learning_curve: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole markdown report: one section after another."""
     out: list[str] = [
@@ -110,6 +119,7 @@ def render_markdown(
         *_section_headline(doc, labels),
         *_section_comparison(doc, labels),
         *_section_groups(doc, labels),
+        *_section_headroom(doc, learning_curve, labels, ingest_report),
         *_section_thresholds(doc, labels),
         *_section_postprocess(doc, labels),
         *_section_efficiency(efficiency, targets),
@@ -228,10 +238,25 @@ def _section_comparison(doc: Mapping[str, Any], labels: Mapping[str, str] | None
     return out
 
 
+def _groups_present(doc: Mapping[str, Any]) -> list[str]:
+    """The history groups, then the rare-code strata when the metrics hold them."""
+    sizes = doc.get("groups", {})
+    return [g for g in (*GROUPS, *RARE_GROUPS) if g in sizes]
+
+
 def _section_groups(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
-    """## Groups: group sizes, then PRAUC/Jaccard per group (single- vs multi-visit) per protocol."""
+    """## Groups: group sizes, then per protocol PRAUC and Jaccard of every model in each group:
+    single- vs multi-visit (history) and, beside them, the rare-code strata."""
     groups = doc.get("groups", {})
-    out = ["## Groups: single-visit (no history) vs multi-visit patients", ""]
+    present = _groups_present(doc)
+    out = ["## Groups: history (single- vs multi-visit) and rare codes", ""]
+    if "rare_dx" in groups:
+        out += [
+            f"`rare dx`: the current visit holds a diagnosis seen at most "
+            f"{doc.get('rare_code_max_count', 5)} times in the train visits (a name can still "
+            "carry knowledge where an id embedding has too few examples); `no rare dx`: the rest.",
+            "",
+        ]
     out.append(
         _md_table(
             ["group", "samples", "patients"],
@@ -243,19 +268,78 @@ def _section_groups(doc: Mapping[str, Any], labels: Mapping[str, str] | None) ->
     )
     out.append("")
     for name in doc.get("protocols", {}):
-        rows = []
-        for model, per_protocol in doc["models"].items():
-            row = [_label(model, labels)]
-            for g in ("overall", "single_visit", "multi_visit"):
-                rounds = (per_protocol.get(name, {}).get(g) or {}).get("rounds", {})
-                row += [_ms(rounds.get("prauc"), 3), _ms(rounds.get("jaccard"), 3)]
-            rows.append(row)
-        head = ["model"] + [
-            f"{GROUP_LABELS[g]} {m}"
-            for g in ("overall", "single_visit", "multi_visit")
-            for m in ("PRAUC", "Jaccard")
+        for metric, title in (("prauc", "PRAUC"), ("jaccard", "Jaccard")):
+            rows = []
+            for model, per_protocol in doc["models"].items():
+                row = [_label(model, labels)]
+                for g in present:
+                    rounds = (per_protocol.get(name, {}).get(g) or {}).get("rounds", {})
+                    row.append(_ms(rounds.get(metric), 3))
+                rows.append(row)
+            head = ["model"] + [GROUP_LABELS.get(g, g) for g in present]
+            out += [f"Protocol `{name}`, {title}:", "", _md_table(head, rows), ""]
+    return out
+
+
+def _section_headroom(
+    doc: Mapping[str, Any],
+    curve: Mapping[str, Any] | None,
+    labels: Mapping[str, str] | None,
+    ingest_report: Mapping[str, Any] | None,
+) -> list[str]:
+    """## Headroom: the oracle row and the logistic-regression learning curve."""
+    out = ["## Headroom: the oracle and the learning curve", ""]
+    if ORACLE in doc.get("models", {}):
+        out.append(
+            f"`{_label(ORACLE, labels)}` is a row of every table above: the probabilities the "
+            "synthetic generator drew the labels from, given everything it knows (the conditions, "
+            "coded or not, each patient's regimens and routine). No model sees all of that, so it "
+            "is a ceiling, not a target."
+        )
+    else:
+        source = (ingest_report or {}).get("source", "this source")
+        out.append(
+            f"No oracle: only the synthetic generator knows true probabilities (source `{source}`)."
+        )
+    out.append("")
+    if not curve or not curve.get("curve"):
+        return [*out, "No learning curve (`evaluate.learning_curve.enabled: false`).", ""]
+    groups = [g for g in ("overall", "multi_visit", "rare_dx") if g in curve.get("groups", {})]
+    head = ["model", "train samples", "threshold"] + [
+        f"{GROUP_LABELS[g]} {m}" for g in groups for m in ("PRAUC", "Jaccard")
+    ]
+
+    def cells(res: Mapping[str, Any]) -> list[str]:
+        return [_fmt((res.get(g) or {}).get(m), 3) for g in groups for m in ("prauc", "jaccard")]
+
+    rows = [
+        [
+            f"logistic regression, {100 * r['fraction']:.0f}% of train",
+            r["train_samples"],
+            _fmt(r["threshold"], 2),
+            *cells(r),
         ]
-        out += [f"Protocol `{name}`:", "", _md_table(head, rows), ""]
+        for r in curve["curve"]
+    ]
+    if curve.get("oracle"):
+        rows.append(
+            [
+                _label(ORACLE, labels),
+                "",
+                _fmt(curve["oracle"]["threshold"], 2),
+                *cells(curve["oracle"]),
+            ]
+        )
+    out += [
+        "The multi-hot logistic regression refitted on nested, seeded shares of the train patients "
+        "(threshold tuned on val; all test samples, point estimates). What it still gains between "
+        "the last two points is headroom that more data closes; what is left between its last "
+        "point and the oracle is what this much data does not give a linear model over code ids: "
+        "the room for knowledge (history, interactions, the meaning of names).",
+        "",
+        _md_table(head, rows),
+        "",
+    ]
     return out
 
 
@@ -331,7 +415,7 @@ def _section_efficiency(
         f"{efficiency['teacher'].get('throughput_samples')} samples. Memory is the peak growth "
         "during one batch (RSS on CPU, CUDA max allocated on GPU) on top of the loaded weights."
     )
-    out += ["", "```", format_table(efficiency), "```", ""]
+    out += ["", "```", format_table(dict(efficiency)), "```", ""]
     t = (targets or {}).get("cpu_throughput_ratio")
     if t:
         r = efficiency["ratios"]
@@ -452,8 +536,8 @@ def plot_metric_by_group(
     """Grouped bars: one group of bars per patient group, one bar per model, CI error bars."""
     plt = _pyplot()
     models = list(doc["models"])
-    groups = ["overall", "single_visit", "multi_visit"]
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(models) + 3), 4.5))
+    groups = _groups_present(doc) or ["overall", "single_visit", "multi_visit"]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(models) * len(groups) / 3 + 3), 4.5))
     width = 0.8 / max(1, len(models))
     cmap = plt.get_cmap("tab10")
     for k, model in enumerate(models):

@@ -53,15 +53,23 @@ def evaluate_models(
     vocab: dict,
     ddi_adjacency: pd.DataFrame,
     params: dict,
+    samples_train: pd.DataFrame | None = None,
     **predictions: pd.DataFrame,
 ) -> dict[str, Any]:
     """``predictions`` holds ``{model}_val`` / ``{model}_test`` tables for every wired model;
-    ``params["models"]`` picks which of them are compared, in which order."""
+    ``params["models"]`` picks which of them are compared, in which order. The oracle is left out
+    when its tables have no rows (a real MIMIC source). ``samples_train`` gives the rare-code
+    strata."""
     from leader_kedro import tracking
+    from leader_kedro.contracts import ORACLE
     from leader_kedro.evaluation import protocols as evaluation
 
     cfg = evaluation.evaluate_config(params)
     models = list(cfg.models)
+    oracle_test = predictions.get(f"{ORACLE}_test")
+    if ORACLE in models and oracle_test is not None and oracle_test.empty:
+        models.remove(ORACLE)
+        logger.info("no oracle for this source (its predictions have no rows): left out")
     wired = sorted({k.rsplit("_", 1)[0] for k in predictions})
     unknown = [m for m in models if f"{m}_val" not in predictions or f"{m}_test" not in predictions]
     if unknown:
@@ -76,9 +84,42 @@ def evaluate_models(
         vocab,
         ddi_adjacency,
         cfg,
+        samples_train=samples_train,
     )
     tracking.log_metrics(evaluation.flat_metrics(doc), prefix="eval.")
     return doc
+
+
+def logreg_learning_curve(
+    samples_train: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    vocab: dict,
+    oracle_predictions_val: pd.DataFrame,
+    oracle_predictions_test: pd.DataFrame,
+    params: dict,
+) -> dict[str, Any]:
+    """The logistic regression on 10/25/50/100% of train beside the oracle (when there is one)."""
+    from leader_kedro import tracking
+    from leader_kedro.evaluation.learning_curve import learning_curve
+    from leader_kedro.evaluation.protocols import evaluate_config
+
+    cfg = evaluate_config(params)
+    if not cfg.learning_curve.enabled:
+        return {"enabled": False}
+    out = learning_curve(
+        samples_train,
+        samples_val,
+        samples_test,
+        vocab,
+        cfg,
+        oracle=(oracle_predictions_val, oracle_predictions_test),
+    )
+    flat = {f"logreg_{r['fraction']:g}.prauc": r["overall"]["prauc"] for r in out["curve"]}
+    if out["oracle"]:
+        flat["oracle.prauc"] = out["oracle"]["overall"]["prauc"]
+    tracking.log_metrics(flat, prefix="learning_curve.")
+    return {"enabled": True, **out}
 
 
 def measure_efficiency(
@@ -122,7 +163,9 @@ def measure_efficiency(
     return result
 
 
-def make_report(metrics: dict, efficiency: dict, ingest_report: dict, params: dict):
+def make_report(
+    metrics: dict, efficiency: dict, ingest_report: dict, learning_curve: dict, params: dict
+):
     """Markdown report + three figures (PRAUC by group, accuracy vs DDI, efficiency)."""
     from leader_kedro.evaluation import report
     from leader_kedro.evaluation.protocols import evaluate_config
@@ -141,8 +184,16 @@ def make_report(metrics: dict, efficiency: dict, ingest_report: dict, params: di
         "Accuracy vs DDI trade-off": "ddi_tradeoff.png",
         "Inference cost": "efficiency.png",
     }
+    curve = learning_curve if learning_curve and learning_curve.get("enabled", True) else None
     text = report.render_markdown(
-        metrics, eff, ingest_report, gpu=gpu, labels=labels, plots=plots, targets=p.targets
+        metrics,
+        eff,
+        ingest_report,
+        gpu=gpu,
+        labels=labels,
+        plots=plots,
+        targets=p.targets,
+        learning_curve=curve,
     )
     fig_groups = report.plot_metric_by_group(metrics, protocol, "prauc", labels)
     fig_tradeoff = report.plot_ddi_tradeoff(metrics, labels)

@@ -17,7 +17,8 @@ def create_pipeline(
     models: Sequence[str] = DEFAULT_MODELS, with_efficiency: bool = True, **kwargs
 ) -> Pipeline:
     """``models``: the prediction datasets wired into the comparison (``{model}_predictions_{split}``);
-    the ``evaluate.models`` parameter picks and orders among them."""
+    the ``evaluate.models`` parameter picks and orders among them. ``oracle_predictions_{split}``
+    comes from ingest for every source; it has rows only for the synthetic one."""
     prediction_inputs = {
         f"{m}_{split}": f"{m}_predictions_{split}" for m in models for split in ("val", "test")
     }
@@ -37,8 +38,24 @@ def create_pipeline(
             tags=["evaluate", "baselines"],
         ),
         Node(
+            nodes.logreg_learning_curve,
+            inputs=[
+                "samples_train",
+                "samples_val",
+                "samples_test",
+                "vocab",
+                "oracle_predictions_val",
+                "oracle_predictions_test",
+                "params:evaluate",
+            ],
+            outputs="learning_curve",
+            name="logreg_learning_curve",
+            tags=["evaluate", "baselines"],
+        ),
+        Node(
             nodes.evaluate_models,
             inputs={
+                "samples_train": "samples_train",
                 "samples_val": "samples_val",
                 "samples_test": "samples_test",
                 "vocab": "vocab",
@@ -52,7 +69,7 @@ def create_pipeline(
         ),
         Node(
             nodes.make_report,
-            inputs=["metrics", "efficiency", "ingest_report", "params:evaluate"],
+            inputs=["metrics", "efficiency", "ingest_report", "learning_curve", "params:evaluate"],
             outputs=["report", "plot_prauc_by_group", "plot_ddi_tradeoff", "plot_efficiency"],
             name="make_report",
             tags=["evaluate", "report"],
