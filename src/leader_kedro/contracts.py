@@ -148,6 +148,27 @@ def predictions_frame(
     return frame
 
 
+#: Key columns of a long predictions table over seeds (``student_seed_predictions``).
+SEED_PREDICTION_KEYS = ("model", "seed", "split", "sample_id")
+
+
+def seed_predictions_frame(
+    model: str,
+    seed: int,
+    split: str,
+    sample_ids: Sequence[Any],
+    prob: np.ndarray,
+    medications: Sequence[str],
+) -> pd.DataFrame:
+    """Rows of the long table: ``model``, ``seed``, ``split``, ``sample_id`` + one column per
+    medication (a :func:`predictions_frame` with the model, seed and split in front)."""
+    frame = predictions_frame(sample_ids, prob, medications)
+    frame.insert(0, "split", split)
+    frame.insert(0, "seed", int(seed))
+    frame.insert(0, "model", model)
+    return frame
+
+
 def prediction_matrix(
     predictions: pd.DataFrame, samples: pd.DataFrame, medications: Sequence[str], name: str
 ) -> np.ndarray:

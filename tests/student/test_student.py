@@ -94,12 +94,12 @@ def model_for(vocab, **overrides):
 def test_single_visit_patient_has_profile_only_med_stream(cohort):
     vocab = cohort["vocab"]
     enc = encode_samples(one_patient(1, vocab), vocab)
+    assert enc.n_visits.tolist() == [1]
+    # no past medications: slot 0 (the profile's slot) holds no medication set
+    assert enc.codes("medications", 0) == [[]]
     batch = collate(enc, [0])
-    assert batch["diagnoses"].shape[:2] == (1, 1)
-    assert batch["visit_mask"].tolist() == [[True]]
-    assert batch["positions"].tolist() == [[0]]
-    # no past medications: slot 0 (the profile's slot) is empty
-    assert (batch["medications"] == 0).all()
+    assert batch["rx_dest"].numel() == 0 and batch["first_visit"].tolist() == [0]
+    assert batch["vis_position"].tolist() == [0]
     model = model_for(vocab).eval()
     out = model(batch)
     assert torch.isfinite(out["logits"]).all() and out["logits"].shape == (
@@ -119,18 +119,22 @@ def test_window_keeps_last_visits_including_current(cohort):
     enc = encode_samples(sample, vocab, max_visits=10)
     assert enc.report["samples_visits_truncated"] == 1
     assert enc.report["visits_dropped_by_window"] == 2
+    assert enc.n_visits.tolist() == [10]
     batch = collate(enc, [0])
-    assert batch["diagnoses"].shape[:2] == (1, 10)
-    assert batch["visit_mask"].all()
-    assert batch["positions"][0].tolist() == list(range(9, -1, -1))
+    assert batch["vis_position"].tolist() == list(range(9, -1, -1))
     dx = sample.loc[0, "diagnoses"]
+    slots = enc.codes("diagnoses", 0)
     # window = visits 2..11; the current (12th) visit is the last slot
-    assert batch["diagnoses"][0, -1, 0].item() == tok[f"D_{dx[11][0]}"]
-    assert batch["diagnoses"][0, 0, 0].item() == tok[f"D_{dx[2][0]}"]
+    assert slots[-1] == [tok[f"D_{dx[11][0]}"]]
+    assert slots[0] == [tok[f"D_{dx[2][0]}"]]
     rx = sample.loc[0, "medications"]
-    assert (batch["medications"][0, 0] == 0).all()  # the profile slot
+    med_slots = enc.codes("medications", 0)
+    assert med_slots[0] == []  # the profile slot
     for t in range(1, 10):  # slot t holds the medications of window visit t-1
-        assert batch["medications"][0, t, 0].item() == tok[f"M_{rx[2 + t - 1][0]}"]
+        assert med_slots[t] == [tok[f"M_{rx[2 + t - 1][0]}"]]
+    # the batch puts slot t of the sample at visit row t; slot 0 gets the profile
+    assert batch["rx_dest"].tolist() == list(range(1, 10))
+    assert batch["dx_dest"].tolist() == list(range(10))
 
 
 def test_codes_beyond_max_codes_are_cut_and_counted(cohort):
@@ -144,7 +148,8 @@ def test_codes_beyond_max_codes_are_cut_and_counted(cohort):
     assert enc.report["codes_truncated"] == 2 * (len(vocab["diagnosis"]) - 3)
     assert enc.report["visits_codes_truncated"] == 2
     assert enc.report["unknown_codes_dropped"]["diagnosis"] == 1
-    assert collate(enc, [0])["diagnoses"].shape[2] == 3
+    assert [len(v) for v in enc.codes("diagnoses", 0)] == [3, 3]
+    assert collate(enc, [0])["dx_tokens"].numel() == 6
 
 
 def test_alignment_uses_medication_token_ids(cohort):
@@ -153,7 +158,7 @@ def test_alignment_uses_medication_token_ids(cohort):
     enc = encode_samples(samples, vocab)
     batch = collate(enc, range(8))
     for b, target in enumerate(samples["target"]):
-        ids = [i for i in batch["target_tokens"][b].tolist() if i != 0]
+        ids = enc.codes("targets", b)[0]
         expected = [vocab["tokens"].index(f"M_{m}") for m in target]
         assert ids == expected
         # the published bug used the medication-vocabulary index instead
@@ -161,6 +166,12 @@ def test_alignment_uses_medication_token_ids(cohort):
         assert all(vocab["tokens"][i].startswith("M_") for i in ids)
         hot = np.nonzero(batch["targets"][b].numpy())[0].tolist()
         assert sorted(vocab["medication"][k] for k in hot) == sorted(target)
+    # the target sets ride at the end of the batch's medication sets, one per sample
+    n_target_tokens = sum(len(enc.codes("targets", b)[0]) for b in range(8))
+    assert batch["tg_dest"].tolist() == list(range(8))
+    assert batch["rx_tokens"][-n_target_tokens:].tolist() == [
+        i for b in range(8) for i in enc.codes("targets", b)[0]
+    ]
 
 
 def test_one_optimiser_step_lowers_the_loss(cohort):

@@ -23,12 +23,14 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from leader_kedro.contracts import PROFILE_FIELDS
+from leader_kedro.student.model import StudentBundle, predict_proba_encoded
 
 logger = logging.getLogger(__name__)
 
@@ -38,64 +40,120 @@ PROFILE_COLUMNS = (*PROFILE_FIELDS, "age")
 OUTPUT_COLUMNS = ["row", "rank", "atc3", "name", "probability"]
 
 
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _as_list(value) -> list:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _is_missing(value):
         return []
     if isinstance(value, np.ndarray):
         value = value.tolist()
     return [_as_list(v) if isinstance(v, (list, tuple, np.ndarray)) else str(v) for v in value]
 
 
-def records_to_samples(model_input: pd.DataFrame) -> pd.DataFrame:
-    """Serving rows -> sample rows of the contract (``sample_id`` = the row position)."""
-    if not isinstance(model_input, pd.DataFrame):
-        model_input = pd.DataFrame(model_input)
-    missing = [
-        c for c in ("diagnoses", "procedures", "medications") if c not in model_input.columns
-    ]
+def _columns(model_input) -> tuple[int, dict[str, list]]:
+    """The input's columns as plain lists (one column access each, no per-row pandas work)."""
+    if isinstance(model_input, pd.DataFrame):
+        n = len(model_input)
+        return n, {c: model_input[c].tolist() for c in model_input.columns}
+    frame = pd.DataFrame(model_input)
+    return len(frame), {c: frame[c].tolist() for c in frame.columns}
+
+
+def parse_records(model_input) -> dict:
+    """Serving rows -> the encoder's lists: visits of codes, profile values, ages, top_k.
+
+    Missing profile columns or values become ``unknown`` (age: NaN); codes are matched as strings.
+    """
+    n, cols = _columns(model_input)
+    missing = [c for c in ("diagnoses", "procedures", "medications") if c not in cols]
     if missing:
         raise ValueError(
             f"leader-student input lacks column(s) {missing}; expected diagnoses and procedures "
             "(list of visits, current visit last) and medications (past visits only, [] if none)"
         )
-    rows = []
-    for r, rec in enumerate(model_input.to_dict("records")):
-        dx, px, rx = (_as_list(rec.get(c)) for c in ("diagnoses", "procedures", "medications"))
-        if not dx or len(px) != len(dx) or len(rx) != len(dx) - 1:
+    dx_col, px_col, rx_col = cols["diagnoses"], cols["procedures"], cols["medications"]
+    for r in range(n):
+        dx, px, rx = dx_col[r], px_col[r], rx_col[r]
+        if _is_missing(rx):
+            rx_col[r] = rx = []
+        n_dx = 0 if _is_missing(dx) else len(dx)
+        n_px = 0 if _is_missing(px) else len(px)
+        if not n_dx or n_px != n_dx or len(rx) != n_dx - 1:
             raise ValueError(
                 f"leader-student input row {r}: expected len(diagnoses) == len(procedures) >= 1 and "
                 f"len(medications) == len(diagnoses) - 1 (past visits only), got "
-                f"{len(dx)}, {len(px)}, {len(rx)}"
+                f"{n_dx}, {n_px}, {len(rx)}"
             )
+    profile = {}
+    for col in PROFILE_FIELDS:
+        values = cols.get(col)
+        profile[col] = (
+            ["unknown" if _is_missing(v) else str(v) for v in values]
+            if values is not None
+            else ["unknown"] * n
+        )
+    ages = cols.get("age")
+    ages = (
+        [float("nan") if _is_missing(v) else float(v) for v in ages]
+        if ages is not None
+        else [float("nan")] * n
+    )
+    return {
+        "n": n,
+        "diagnoses": dx_col,
+        "procedures": px_col,
+        "medications": rx_col,
+        "profile": profile,
+        "ages": ages,
+        "top_k": cols.get("top_k"),
+    }
+
+
+def records_to_samples(model_input: pd.DataFrame) -> pd.DataFrame:
+    """Serving rows -> sample rows of the contract (``sample_id`` = the row position)."""
+    parsed = parse_records(model_input)
+    rows = []
+    for r in range(parsed["n"]):
         row = {
             "sample_id": str(r),
-            "n_past": len(dx) - 1,
-            "diagnoses": dx,
-            "procedures": px,
-            "medications": rx,
+            "n_past": len(parsed["diagnoses"][r]) - 1,
+            **{c: _as_list(parsed[c][r]) for c in ("diagnoses", "procedures", "medications")},
         }
-        for col in PROFILE_COLUMNS:
-            value = rec.get(col)
-            if col == "age":
-                row[col] = float(value) if value is not None and value == value else float("nan")
-            else:
-                row[col] = "unknown" if value is None or value != value else str(value)
+        for col in PROFILE_FIELDS:
+            row[col] = parsed["profile"][col][r]
+        row["age"] = parsed["ages"][r]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def rank_predictions(probs: np.ndarray, vocab: dict, code_names: dict, top_k) -> pd.DataFrame:
     """Long table of the top-k medications per row (all when k <= 0)."""
-    meds = list(vocab["medication"])
+    meds = np.asarray(list(vocab["medication"]), dtype=object)
     names = (code_names or {}).get("medication", {})
-    out = []
-    for r, p in enumerate(probs):
-        k = int(top_k[r]) if top_k[r] and top_k[r] > 0 else len(meds)
-        order = np.argsort(-p, kind="mergesort")[:k]
-        for rank, j in enumerate(order, start=1):
-            out.append((r, rank, meds[j], str(names.get(meds[j], "")), float(p[j])))
-    frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
-    return frame.astype({"row": "int64", "rank": "int64", "probability": "float64"})
+    return _rank(
+        probs, meds, np.asarray([str(names.get(m, "")) for m in meds], dtype=object), top_k
+    )
+
+
+def _rank(probs: np.ndarray, meds: np.ndarray, names: np.ndarray, top_k) -> pd.DataFrame:
+    n, m = probs.shape
+    k = np.asarray([int(t) if t and t > 0 else m for t in top_k], dtype=np.int64)
+    k = np.minimum(k, m)
+    order = np.argsort(-probs, axis=1, kind="stable")  # ties: the lower column first
+    rows, ranks = np.nonzero(np.arange(m)[None, :] < k[:, None])
+    cols = order[rows, ranks]
+    return pd.DataFrame(
+        {
+            "row": rows.astype(np.int64),
+            "rank": (ranks + 1).astype(np.int64),
+            "atc3": meds[cols],
+            "name": names[cols],
+            "probability": probs[rows, cols].astype(np.float64),
+        },
+        columns=OUTPUT_COLUMNS,
+    )
 
 
 class LeaderStudentPyfunc(PythonModel):
@@ -104,25 +162,55 @@ class LeaderStudentPyfunc(PythonModel):
     def __init__(self, top_k: int = 10, batch_size: int = 256):
         self.top_k = int(top_k)
         self.batch_size = int(batch_size)
-        self.bundle = None
+        self.bundle: StudentBundle | None = None
 
     def load_context(self, context) -> None:
         from leader_kedro.student.model import load_bundle
 
         self.bundle = load_bundle(context.artifacts["student_model"])
 
+    def __getstate__(self):  # the weights travel as the artifact directory, not in the pickle
+        state = dict(self.__dict__)
+        state["bundle"] = None
+        state.pop("_lookup", None)
+        return state
+
+    def _tables(self, bundle: StudentBundle) -> tuple[np.ndarray, np.ndarray]:
+        cached = getattr(self, "_lookup", None)
+        if cached is None or cached[0] is not bundle:
+            meds = np.asarray(list(bundle.vocab["medication"]), dtype=object)
+            names = (bundle.code_names or {}).get("medication", {})
+            cached = (bundle, meds, np.asarray([str(names.get(x, "")) for x in meds], dtype=object))
+            self._lookup = cached
+        return cached[1], cached[2]
+
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         if self.bundle is None:
             self.load_context(context)
-        samples = records_to_samples(model_input)
-        probs = self.bundle.predict_proba(samples, batch_size=self.batch_size)
-        if isinstance(model_input, pd.DataFrame) and "top_k" in model_input.columns:
-            top_k = [self.top_k if v is None or v != v else int(v) for v in model_input["top_k"]]
-        else:
-            top_k = [self.top_k] * len(samples)
-        return rank_predictions(probs, self.bundle.vocab, self.bundle.code_names, top_k)
+        bundle = self.bundle
+        assert bundle is not None
+        parsed = parse_records(model_input)
+        n = parsed["n"]
+        enc = bundle.encoder.encode(
+            [str(r) for r in range(n)],
+            parsed["diagnoses"],
+            parsed["procedures"],
+            parsed["medications"],
+            parsed["profile"],
+            parsed["ages"],
+            where="leader-student input row",
+        )
+        probs = predict_proba_encoded(bundle.module, enc, self.batch_size)
+        top_k = parsed["top_k"]
+        top_k = (
+            [self.top_k if _is_missing(v) else int(v) for v in top_k]
+            if top_k is not None
+            else [self.top_k] * n
+        )
+        meds, names = self._tables(bundle)
+        return _rank(probs, meds, names, top_k)
 
 
 def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
@@ -135,7 +223,7 @@ def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
     rows = []
     for i in order:
         rec = samples.loc[i]
-        row = {
+        row: dict[str, Any] = {
             c: [list(map(str, v)) for v in rec[c]]
             for c in ("diagnoses", "procedures", "medications")
         }

@@ -2,23 +2,29 @@
 
 Adam, early stopping on val PRAUC (strict improvement, patience in epochs), best state reloaded,
 seeded (python, numpy, torch, shuffling generator), tqdm progress, per-epoch loss terms and val
-metrics logged to MLflow through :mod:`leader_kedro.tracking` (only when a run is active).
+metrics (logged to MLflow by the caller through :mod:`leader_kedro.tracking`).
+
+Speed (issue 10, docs/distill.md "Speed"): the train and val splits are encoded once; a batch is
+cut out of the packed sets with a few index operations; the val split is batched once and scored
+under ``torch.inference_mode``; Adam is the fused CPU kernel. :func:`train_students` trains every
+(variant, seed) student of a run, side by side in ``training.workers`` single-threaded processes.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from leader_kedro import tracking
 from leader_kedro.config import as_dict, build_config
 from leader_kedro.contracts import (
     FEATURES_COMMAND,
@@ -28,8 +34,9 @@ from leader_kedro.contracts import (
     label_matrix,
     prediction_matrix,
 )
-from leader_kedro.evaluation.metrics import average_precision_per_sample, summary
+from leader_kedro.evaluation.metrics import summary
 from leader_kedro.student.model import (
+    EncodedSamples,
     LeaderStudent,
     StudentBundle,
     StudentModelConfig,
@@ -77,8 +84,15 @@ class TrainingConfig:
     max_epochs: int = 30
     patience: int = 3
     seed: int = 42
+    n_seeds: int = 1
+    workers: int = 2
     num_threads: int | None = 1
     progress: bool = True
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """``seed, seed + 1, ..., seed + n_seeds - 1``; the first one gives the main model."""
+        return tuple(self.seed + k for k in range(self.n_seeds))
 
 
 @dataclass(frozen=True)
@@ -111,10 +125,22 @@ class DistillConfig:
                 "distill.training.batch_size and distill.training.max_epochs must be >= 1, got "
                 f"{self.training.batch_size} and {self.training.max_epochs}"
             )
+        if self.training.n_seeds < 1 or self.training.workers < 1:
+            raise ParameterError(
+                "distill.training.n_seeds and distill.training.workers must be >= 1, got "
+                f"{self.training.n_seeds} and {self.training.workers}"
+            )
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The student variants a run trains: the main one, and the ablations when switched on."""
+        return tuple(VARIANTS) if self.ablations else ("main",)
 
 
-def distill_config(params: Mapping | DistillConfig | None) -> DistillConfig:
+def distill_config(params: Mapping[str, Any] | DistillConfig | None) -> DistillConfig:
     """The typed ``distill`` config from its parameter tree (built once, in the node)."""
+    if isinstance(params, DistillConfig):
+        return params
     return build_config(DistillConfig, params, "distill")
 
 
@@ -124,12 +150,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def variant_config(cfg: DistillConfig, variant: str) -> DistillConfig:
-    """``cfg`` with the ablation switches of ``variant`` turned off."""
+def variant_config(cfg: DistillConfig, variant: str, seed: int | None = None) -> DistillConfig:
+    """``cfg`` with the ablation switches of ``variant`` turned off (and ``seed`` as its seed)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown student variant '{variant}'; expected one of {sorted(VARIANTS)}")
     for section, enabled in VARIANTS[variant].items():
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), enabled=enabled)})
+    if seed is not None:
+        cfg = replace(cfg, training=replace(cfg.training, seed=int(seed)))
     return cfg
 
 
@@ -159,6 +187,67 @@ def evaluate_groups(
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Splits encoded once
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """Everything a student's training needs, encoded once and shared by every (variant, seed)."""
+
+    vocab: dict
+    code_names: dict | None
+    train: EncodedSamples
+    val: EncodedSamples
+    test: EncodedSamples | None
+    teacher_hidden: torch.Tensor | None  # [N_train, H] float32, rows in train order
+
+
+def _check_splits(train_samples: pd.DataFrame, val_samples: pd.DataFrame) -> None:
+    if len(train_samples) == 0 or len(val_samples) == 0:
+        raise ValueError(
+            f"student training needs non-empty samples_train and samples_val "
+            f"(got {len(train_samples)} and {len(val_samples)} rows)"
+        )
+
+
+def prepare(
+    cfg: DistillConfig,
+    train_samples: pd.DataFrame,
+    val_samples: pd.DataFrame,
+    vocab: dict,
+    teacher_features: dict | None = None,
+    code_names: dict | None = None,
+    test_samples: pd.DataFrame | None = None,
+    need_teacher: bool | None = None,
+) -> Prepared:
+    """Encode the splits (and align the teacher features to the train rows) once."""
+    _check_splits(train_samples, val_samples)
+    need_teacher = cfg.kd.enabled if need_teacher is None else need_teacher
+    teacher_hidden = None
+    if need_teacher:
+        if teacher_features is None:
+            raise ValueError(
+                f"distill.kd.enabled is true but no teacher_features were given; make them with "
+                f"`{FEATURES_COMMAND}` or set distill.kd.enabled: false"
+            )
+        teacher_hidden = aligned_teacher_features(
+            teacher_features, [str(s) for s in train_samples["sample_id"]]
+        ).float()
+    m = cfg.model
+
+    def enc(samples):
+        return encode_samples(samples, vocab, m.max_visits, m.max_codes)
+
+    return Prepared(
+        vocab=vocab,
+        code_names=code_names,
+        train=enc(train_samples),
+        val=enc(val_samples),
+        test=enc(test_samples) if test_samples is not None else None,
+        teacher_hidden=teacher_hidden,
+    )
+
+
 def train_student(
     train_samples: pd.DataFrame,
     val_samples: pd.DataFrame,
@@ -168,86 +257,92 @@ def train_student(
     code_names: dict | None = None,
     variant: str = "main",
 ) -> tuple[StudentBundle, dict]:
-    """Train one student (``params``: the distill config, ablation switches already applied).
-
-    Returns the best-on-val :class:`StudentBundle` and a training history dict.
-    """
+    """Train one student in this process (``params``: the distill config, ablation switches
+    already applied). Returns the best-on-val :class:`StudentBundle` and a training history dict."""
     cfg = distill_config(params)
-    if len(train_samples) == 0 or len(val_samples) == 0:
-        raise ValueError(
-            f"student training needs non-empty samples_train and samples_val "
-            f"(got {len(train_samples)} and {len(val_samples)} rows)"
-        )
-    teacher_hidden = None
-    if cfg.kd.enabled:
-        if teacher_features is None:
-            raise ValueError(
-                f"distill.kd.enabled is true but no teacher_features were given; make them with "
-                f"`{FEATURES_COMMAND}` or set distill.kd.enabled: false"
-            )
-        teacher_hidden = aligned_teacher_features(
-            teacher_features, [str(s) for s in train_samples["sample_id"]]
-        )
-    model_cfg = model_config(
-        cfg, vocab, int(teacher_hidden.shape[1]) if teacher_hidden is not None else None
-    )
-    enc_train = encode_samples(
-        train_samples, vocab, model_cfg["max_visits"], model_cfg["max_codes"]
-    )
-    enc_val = encode_samples(val_samples, vocab, model_cfg["max_visits"], model_cfg["max_codes"])
+    prepared = prepare(cfg, train_samples, val_samples, vocab, teacher_features, code_names)
+    return fit(cfg, prepared, variant)
 
+
+def fit(
+    cfg: DistillConfig, prepared: Prepared, variant: str = "main"
+) -> tuple[StudentBundle, dict]:
+    """Train one student with ``cfg`` (its seed: ``cfg.training.seed``) on prepared splits."""
+    teacher_hidden = prepared.teacher_hidden if cfg.kd.enabled else None
+    model_cfg = model_config(
+        cfg, prepared.vocab, int(teacher_hidden.shape[1]) if teacher_hidden is not None else None
+    )
     # the student's ops are tiny: one intra-op thread avoids sync overhead (10x on a busy CPU)
     with torch_threads(cfg.training.num_threads):
-        return _fit(cfg, model_cfg, enc_train, enc_val, teacher_hidden, vocab, code_names, variant)
+        return _fit(cfg, model_cfg, prepared, teacher_hidden, variant)
 
 
-def _fit(
-    cfg: DistillConfig, model_cfg, enc_train, enc_val, teacher_hidden, vocab, code_names, variant
-):
+def _fit(cfg: DistillConfig, model_cfg: dict, prepared: Prepared, teacher_hidden, variant: str):
     tr = cfg.training
+    enc_train, enc_val = prepared.train, prepared.val
     alpha = cfg.kd.alpha if cfg.kd.enabled else 0.0
     beta = cfg.align.beta if cfg.align.enabled else 0.0
     tau = cfg.align.tau
     y_val = enc_val.targets
     seed_everything(tr.seed)
     model = LeaderStudent(model_cfg)
-    optim = torch.optim.Adam(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+    optim = torch.optim.Adam(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(tr.seed)
-    n = len(enc_train.sample_ids)
+    n = len(enc_train)
+    # the val split is batched once; the alignment's target sets only when they are used
+    n_val = len(enc_val)
+    val_batches = [
+        collate(enc_val, np.arange(s, min(n_val, s + tr.eval_batch_size)), target_sets=False)
+        for s in range(0, n_val, tr.eval_batch_size)
+    ]
+    need_targets = bool(beta)
 
     from tqdm.auto import tqdm
 
     history: list[dict] = []
-    best = {"epoch": -1, "val_prauc": -np.inf, "state": None}
+    best: dict[str, Any] = {"epoch": -1, "val_prauc": -np.inf, "state": None}
     bad_epochs = 0
     started = time.perf_counter()
-    bar = tqdm(range(1, tr.max_epochs + 1), desc=f"student[{variant}]", disable=not tr.progress)
+    train_seconds = 0.0
+    bar = tqdm(
+        range(1, tr.max_epochs + 1),
+        desc=f"student[{variant}, seed {tr.seed}]",
+        disable=not tr.progress,
+    )
     for epoch in bar:
+        t_epoch = time.perf_counter()
         model.train()
-        sums = {"total": 0.0, "bce": 0.0, "kd": 0.0, "align": 0.0}
-        order = torch.randperm(n, generator=gen).tolist()
+        sums = torch.zeros(4)
+        order = torch.randperm(n, generator=gen).numpy()
         steps = 0
         for s in range(0, n, tr.batch_size):
-            batch = collate(enc_train, order[s : s + tr.batch_size], teacher_hidden)
+            batch = collate(enc_train, order[s : s + tr.batch_size], teacher_hidden, need_targets)
             terms = student_loss(model, batch, alpha=alpha, beta=beta, tau=tau)
-            optim.zero_grad()
+            optim.zero_grad(set_to_none=True)
             terms["total"].backward()
             optim.step()
-            for k in sums:
-                sums[k] += float(terms[k].detach())
+            sums += torch.stack(
+                [
+                    terms["total"].detach(),
+                    terms["bce"].detach(),
+                    terms["kd"].detach(),
+                    terms["align"].detach(),
+                ]
+            )
             steps += 1
-        probs = predict_proba_encoded(model, enc_val, tr.eval_batch_size)
-        val_prauc = float(np.nanmean(average_precision_per_sample(y_val, probs)))
+        train_seconds += time.perf_counter() - t_epoch
+        model.eval()
+        with torch.inference_mode():
+            probs = torch.cat([torch.sigmoid(model(b)["logits"]) for b in val_batches]).numpy()
         val = summary(y_val, probs, cfg.threshold)
-        row = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
+        means = (sums / steps).tolist()
+        row: dict[str, Any] = {"epoch": epoch}
         row.update(
-            {f"val_{k}": v for k, v in val.items() if k in ("prauc", "jaccard", "f1", "n_med")}
+            {f"train_{k}": v for k, v in zip(("total", "bce", "kd", "align"), means, strict=True)}
         )
-        row["val_prauc"] = val_prauc
+        row.update({f"val_{k}": val[k] for k in ("prauc", "jaccard", "f1", "n_med")})
         history.append(row)
-        tracking.log_metrics(
-            {k: v for k, v in row.items() if k != "epoch"}, step=epoch, prefix=f"student.{variant}."
-        )
+        val_prauc = float(row["val_prauc"])
         bar.set_postfix(loss=f"{row['train_total']:.4f}", val_prauc=f"{val_prauc:.4f}")
         if val_prauc > best["val_prauc"] or best["state"] is None:
             best = {
@@ -263,13 +358,18 @@ def _fit(
     model.load_state_dict(best["state"])
     model.eval()
     seconds = time.perf_counter() - started
-    bundle = StudentBundle(model, model_cfg, vocab, code_names)
+    bundle = StudentBundle(model, model_cfg, prepared.vocab, prepared.code_names)
+    samples_seen = n * len(history)
     info = {
         "variant": variant,
+        "seed": tr.seed,
         "best_epoch": best["epoch"],
         "best_val_prauc": best["val_prauc"],
         "epochs_run": len(history),
         "train_seconds": round(seconds, 3),
+        "train_samples_per_second": round(samples_seen / train_seconds, 1)
+        if train_seconds
+        else None,
         "n_parameters": bundle.n_parameters,
         "loss_weights": {"alpha": alpha, "beta": beta, "tau": tau},
         "config": model_cfg,
@@ -277,8 +377,9 @@ def _fit(
         "history": history,
     }
     logger.info(
-        "student[%s]: best val PRAUC %.4f at epoch %d of %d (%.1fs, %d parameters)",
+        "student[%s, seed %d]: best val PRAUC %.4f at epoch %d of %d (%.1fs, %d parameters)",
         variant,
+        tr.seed,
         best["val_prauc"],
         best["epoch"],
         len(history),
@@ -286,6 +387,90 @@ def _fit(
         bundle.n_parameters,
     )
     return bundle, info
+
+
+# --------------------------------------------------------------------------------------------
+# Every (variant, seed) student of a run, side by side
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainedStudent:
+    variant: str
+    seed: int
+    bundle: StudentBundle
+    info: dict
+    val_probs: np.ndarray
+    test_probs: np.ndarray | None
+
+
+def _job(cfg: DistillConfig, prepared: Prepared, variant: str, seed: int) -> TrainedStudent:
+    vcfg = variant_config(cfg, variant, seed)
+    bundle, info = fit(vcfg, prepared, variant)
+    bs = cfg.training.eval_batch_size
+    with torch_threads(cfg.training.num_threads):
+        val = predict_proba_encoded(bundle.module, prepared.val, bs)
+        test = (
+            predict_proba_encoded(bundle.module, prepared.test, bs)
+            if prepared.test is not None
+            else None
+        )
+    return TrainedStudent(variant, seed, bundle, info, val, test)
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_init(cfg: DistillConfig, prepared: Prepared) -> None:
+    threads = cfg.training.num_threads or 1
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    _WORKER_STATE.update(cfg=cfg, prepared=prepared)
+
+
+def _worker_job(job: tuple[str, int]) -> tuple[str, int, dict, dict, np.ndarray, np.ndarray | None]:
+    variant, seed = job
+    done = _job(_WORKER_STATE["cfg"], _WORKER_STATE["prepared"], variant, seed)
+    state = {k: v.detach().clone() for k, v in done.bundle.module.state_dict().items()}
+    return variant, seed, state, done.info, done.val_probs, done.test_probs
+
+
+def _start_method(threads: int | None) -> str:
+    """``fork`` (no re-import) when each worker uses one thread; a forked child that opens an
+    OpenMP thread pool its parent already used can hang, so more threads use ``spawn``."""
+    import multiprocessing as mp
+
+    if (threads or 1) == 1 and "fork" in mp.get_all_start_methods():
+        return "fork"
+    return "spawn"
+
+
+def train_students(
+    cfg: DistillConfig,
+    prepared: Prepared,
+    variants: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[TrainedStudent]:
+    """Train every (variant, seed) student, in ``cfg.training.workers`` processes when there is
+    more than one job (results in job order: variants in the given order, seeds inside)."""
+    variants = tuple(variants or cfg.variants)
+    seeds = tuple(seeds or cfg.training.seeds)
+    jobs = [(v, s) for v in variants for s in seeds]
+    workers = min(cfg.training.workers, len(jobs))
+    if workers <= 1:
+        return [_job(cfg, prepared, v, s) for v, s in jobs]
+    import multiprocessing as mp
+
+    quiet = replace(cfg, training=replace(cfg.training, progress=False))
+    ctx = mp.get_context(_start_method(cfg.training.num_threads))
+    # longest first would not help: the jobs are alike; keep job order for reproducible logs
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(quiet, prepared)) as pool:
+        results = pool.map(_worker_job, jobs, chunksize=1)
+    out = []
+    for variant, seed, state, info, val, test in results:
+        module = LeaderStudent(info["config"])
+        module.load_state_dict(state)
+        bundle = StudentBundle(module, info["config"], prepared.vocab, prepared.code_names)
+        out.append(TrainedStudent(variant, seed, bundle, info, val, test))
+    return out
 
 
 def compare_predictions(

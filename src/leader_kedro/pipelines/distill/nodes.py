@@ -10,60 +10,101 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
+#: Per-student keys of ``distill_metrics["training"]``.
+SUMMARY_KEYS = (
+    "best_epoch",
+    "best_val_prauc",
+    "epochs_run",
+    "train_seconds",
+    "train_samples_per_second",
+    "n_parameters",
+    "skipped",
+)
 
-def _train(
-    variant,
-    samples_train,
-    samples_val,
-    vocab,
-    code_names,
+
+def train_students(
+    samples_train: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    vocab: dict,
+    code_names: dict,
     teacher_features,
-    teacher_card,
-    prompts_train,
-    cfg,
-):
-    from leader_kedro.student.training import train_student, variant_config
+    teacher_card: dict,
+    prompts_train: pd.DataFrame,
+    params: dict,
+) -> dict[str, Any]:
+    """Every student variant (main; no-KD and no-alignment ablations when ``distill.ablations``)
+    times ``distill.training.n_seeds`` seeds, trained side by side in ``training.workers``
+    processes. The first seed's main student is ``student_model``; the first seed's ablations give
+    their prediction tables; every seed's val/test predictions go to ``student_seed_predictions``."""
+    from leader_kedro import tracking
+    from leader_kedro.contracts import STUDENT_VARIANTS, predictions_frame, seed_predictions_frame
+    from leader_kedro.student.training import (
+        distill_config,
+        prepare,
+        variant_config,
+    )
+    from leader_kedro.student.training import (
+        train_students as train_all,
+    )
 
-    vcfg = variant_config(cfg, variant)
-    if vcfg.kd.enabled and cfg.check_features:
+    cfg = distill_config(params)
+    variants = cfg.variants
+    needs_teacher = any(variant_config(cfg, v).kd.enabled for v in variants)
+    if needs_teacher and cfg.check_features:
         from leader_kedro.teacher.features import check_fresh
 
         check_fresh(teacher_features, teacher_card, prompts_train)
-    return train_student(
+    prepared = prepare(
+        cfg,
         samples_train,
         samples_val,
         vocab,
-        vcfg,
-        teacher_features=teacher_features if vcfg.kd.enabled else None,
-        code_names=code_names,
-        variant=variant,
-    )
-
-
-def train_student_main(
-    samples_train,
-    samples_val,
-    vocab,
-    code_names,
-    teacher_features,
-    teacher_card,
-    prompts_train,
-    params,
-):
-    """The main student (KD, alignment and profile as configured)."""
-    from leader_kedro.student.training import distill_config
-
-    return _train(
-        "main",
-        samples_train,
-        samples_val,
-        vocab,
+        teacher_features if needs_teacher else None,
         code_names,
-        teacher_features,
-        teacher_card,
-        prompts_train,
-        distill_config(params),
+        samples_test,
+        need_teacher=needs_teacher,
     )
+    trained = train_all(cfg, prepared, variants)
+    first = cfg.training.seeds[0]
+    meds = vocab["medication"]
+    val_ids, test_ids = samples_val["sample_id"].tolist(), samples_test["sample_id"].tolist()
+    out: dict[str, Any] = {}
+    tables = []
+    for variant in STUDENT_VARIANTS:
+        model = STUDENT_VARIANTS[variant]
+        runs = [t for t in trained if t.variant == variant]
+        if not runs:
+            logger.info("distill.ablations is false: skipping the '%s' student", variant)
+            empty = predictions_frame([], np.zeros((0, len(meds))), meds)
+            out[f"{model}_predictions_val"], out[f"{model}_predictions_test"] = empty, empty.copy()
+            out[f"student_history_{variant}"] = {
+                "variant": variant,
+                "skipped": True,
+                "reason": "distill.ablations: false",
+            }
+            continue
+        main = next(t for t in runs if t.seed == first)
+        history = dict(main.info)
+        history["seeds"] = [
+            {"seed": t.seed, **{k: t.info.get(k) for k in SUMMARY_KEYS if k in t.info}}
+            for t in runs
+        ]
+        out[f"student_history_{variant}"] = history
+        if variant == "main":
+            out["student_model"] = main.bundle
+        else:
+            out[f"{model}_predictions_val"] = predictions_frame(val_ids, main.val_probs, meds)
+            out[f"{model}_predictions_test"] = predictions_frame(test_ids, main.test_probs, meds)
+        for t in runs:
+            suffix = "" if t.seed == first else f"seed{t.seed}."
+            tracking.log_metric_history(t.info["history"], prefix=f"student.{variant}.{suffix}")
+            tables.append(seed_predictions_frame(model, t.seed, "val", val_ids, t.val_probs, meds))
+            tables.append(
+                seed_predictions_frame(model, t.seed, "test", test_ids, t.test_probs, meds)
+            )
+    out["student_seed_predictions"] = pd.concat(tables, ignore_index=True)
+    return out
 
 
 def predict_student(
@@ -77,60 +118,16 @@ def predict_student(
     )
 
 
-def train_ablation(
-    variant,
-    samples_train,
-    samples_val,
-    samples_test,
-    vocab,
-    code_names,
-    teacher_features,
-    teacher_card,
-    prompts_train,
-    params,
-):
-    """An ablation student (``variant`` = ``no_kd`` | ``no_align``): its val/test predictions and
-    training history. ``distill.ablations: false`` skips it and writes empty tables."""
-    from leader_kedro.contracts import predictions_frame
-    from leader_kedro.student.training import distill_config
-
-    cfg = distill_config(params)
-    if not cfg.ablations:
-        logger.info("distill.ablations is false: skipping the '%s' student", variant)
-        meds = vocab["medication"]
-        empty = predictions_frame([], np.zeros((0, len(meds))), meds)
-        return (
-            empty,
-            empty.copy(),
-            {"variant": variant, "skipped": True, "reason": "distill.ablations: false"},
-        )
-    bundle, history = _train(
-        variant,
-        samples_train,
-        samples_val,
-        vocab,
-        code_names,
-        teacher_features,
-        teacher_card,
-        prompts_train,
-        cfg,
-    )
-    bs = cfg.training.eval_batch_size
-    return (
-        bundle.predictions_table(samples_val, bs),
-        bundle.predictions_table(samples_test, bs),
-        history,
-    )
-
-
 def evaluate_students(
     samples_test: pd.DataFrame,
     vocab: dict,
     teacher_predictions_test: pd.DataFrame,
+    student_seed_predictions: pd.DataFrame,
     params: dict,
     **variants: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``distill_metrics`` (test metrics per variant and patient group) and the training histories.
+    """``distill_metrics`` (test metrics per variant and patient group, and per seed) and the
+    training histories.
 
     ``variants`` holds ``{model}_predictions_test`` and ``{model}_history`` for every student
     variant of :data:`contracts.STUDENT_VARIANTS`.
@@ -151,15 +148,8 @@ def evaluate_students(
         threshold=cfg.threshold,
     )
     history = {m: variants[f"{m}_history"] for m in students}
-    summary_keys = (
-        "best_epoch",
-        "best_val_prauc",
-        "epochs_run",
-        "train_seconds",
-        "n_parameters",
-        "skipped",
-    )
-    metrics["training"] = {m: {k: h.get(k) for k in summary_keys} for m, h in history.items()}
+    metrics["training"] = {m: {k: h.get(k) for k in SUMMARY_KEYS} for m, h in history.items()}
+    metrics["test_by_seed"] = _test_by_seed(samples_test, vocab, student_seed_predictions, cfg)
     for variant, groups in metrics["test"].items():
         for group, values in (groups or {}).items():
             if isinstance(values, dict) and group != "n":
@@ -168,6 +158,30 @@ def evaluate_students(
                     prefix=f"distill.test.{variant}.{group}.",
                 )
     return metrics, history
+
+
+def _test_by_seed(samples_test, vocab, seed_predictions: pd.DataFrame, cfg) -> dict[str, Any]:
+    """Overall test metrics of every (model, seed), and the mean / sd over seeds of each model."""
+    from leader_kedro.student.training import compare_predictions
+
+    out: dict[str, Any] = {}
+    test = seed_predictions[seed_predictions["split"] == "test"]
+    for (model, seed), frame in test.groupby(["model", "seed"], sort=False):
+        result = compare_predictions(
+            samples_test,
+            vocab,
+            {"m": frame.drop(columns=["model", "seed", "split"])},
+            cfg.threshold,
+        )
+        out.setdefault(model, {"seeds": {}})["seeds"][str(seed)] = result["test"]["m"]["overall"]
+    for entry in out.values():
+        values = list(entry["seeds"].values())
+        entry["mean"] = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        entry["sd"] = {
+            k: float(np.std([v[k] for v in values], ddof=1)) if len(values) > 1 else 0.0
+            for k in values[0]
+        }
+    return out
 
 
 def register_student(

@@ -1,6 +1,5 @@
-"""Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations), predict, evaluate, register."""
-
-from functools import partial, update_wrapper
+"""Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations) over seeds, predict, evaluate,
+register."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -8,18 +7,6 @@ from leader_kedro.contracts import STUDENT_VARIANTS
 from leader_kedro.pipelines.distill import nodes
 
 TRAIN_INPUTS = [
-    "samples_train",
-    "samples_val",
-    "vocab",
-    "code_names",
-    "teacher_features_train",
-    "teacher_card",
-    "prompts_train",
-    "params:distill",
-]
-# the same student with one part (distillation, alignment) switched off
-ABLATIONS = tuple(v for v in STUDENT_VARIANTS if v != "main")
-ABLATION_INPUTS = [
     "samples_train",
     "samples_val",
     "samples_test",
@@ -30,16 +17,34 @@ ABLATION_INPUTS = [
     "prompts_train",
     "params:distill",
 ]
+# the same student with one part (distillation, alignment) switched off
+ABLATIONS = tuple(v for v in STUDENT_VARIANTS if v != "main")
+TRAIN_OUTPUTS = {
+    "student_model": "student_model",
+    "student_history_main": "student_history_main",
+    **{
+        name: name
+        for variant in ABLATIONS
+        for name in (
+            f"{STUDENT_VARIANTS[variant]}_predictions_val",
+            f"{STUDENT_VARIANTS[variant]}_predictions_test",
+            f"student_history_{variant}",
+        )
+    },
+    "student_seed_predictions": "student_seed_predictions",
+}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
+            # one node for every (variant, seed) student: they train side by side in
+            # distill.training.workers processes, which the sequential runner could not do
             Node(
-                nodes.train_student_main,
+                nodes.train_students,
                 TRAIN_INPUTS,
-                ["student_model", "student_history_main"],
-                name="train_student",
+                TRAIN_OUTPUTS,
+                name="train_students",
                 tags=["distill", "training"],
             ),
             Node(
@@ -49,26 +54,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="predict_student",
                 tags=["distill", "inference"],
             ),
-            *[
-                Node(
-                    update_wrapper(partial(nodes.train_ablation, variant), nodes.train_ablation),
-                    ABLATION_INPUTS,
-                    [
-                        f"student_{variant}_predictions_val",
-                        f"student_{variant}_predictions_test",
-                        f"student_history_{variant}",
-                    ],
-                    name=f"train_student_{variant}",
-                    tags=["distill", "training", "ablation"],
-                )
-                for variant in ABLATIONS
-            ],
             Node(
                 nodes.evaluate_students,
                 {
                     "samples_test": "samples_test",
                     "vocab": "vocab",
                     "teacher_predictions_test": "teacher_predictions_test",
+                    "student_seed_predictions": "student_seed_predictions",
                     "params": "params:distill",
                     **{
                         f"{model}_predictions_test": f"{model}_predictions_test"

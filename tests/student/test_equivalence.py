@@ -1,0 +1,176 @@
+"""The packed student computes what the padded one did (issue 10): same weights, same samples,
+same numbers within 1e-5. The reference is ``leader_kedro.student.legacy``, a frozen copy of the
+student before the change (padded batches, unfused attention and layer norm)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tiny_cohort import NAMES, PROFILE
+
+from leader_kedro.student import legacy
+from leader_kedro.student.model import (
+    LeaderStudent,
+    StudentBundle,
+    collate,
+    encode_samples,
+    make_config,
+    student_loss,
+)
+from leader_kedro.student.serving import LeaderStudentPyfunc
+
+ATOL = 1e-5
+DIAGS = [f"{400 + i}" for i in range(120)]
+PROCS = [f"{30 + i}" for i in range(40)]
+MEDS = [f"A{i:02d}X" for i in range(50)]
+
+
+def varied_cohort(n: int = 90, seed: int = 0):
+    """Samples whose sets cover every attention bucket: empty sets, one code, up to 16, up to 32,
+    over 32, unknown codes, histories beyond the window, missing profile values."""
+    rng = np.random.default_rng(seed)
+    sizes = [0, 1, 1, 2, 5, 15, 16, 17, 31, 32, 33, 45]
+    rows = []
+    for i in range(n):
+        n_vis = int(rng.choice([1, 1, 2, 3, 7, 12]))
+
+        def visit(codes, extra_unknown=False):
+            k = int(rng.choice(sizes))
+            out = list(rng.choice(codes, size=min(k, len(codes)), replace=False))
+            return out + (["UNSEEN"] if extra_unknown else [])
+
+        dx = [visit(DIAGS, extra_unknown=bool(rng.random() < 0.1)) for _ in range(n_vis)]
+        px = [visit(PROCS) for _ in range(n_vis)]
+        rx = [visit(MEDS) for _ in range(n_vis)]
+        row = {
+            "sample_id": f"s{i}",
+            "n_past": n_vis - 1,
+            "diagnoses": dx,
+            "procedures": px,
+            "medications": rx[:-1],
+            "target": rx[-1] or [MEDS[0]],
+            "age": float(rng.integers(15, 95)) if rng.random() > 0.1 else float("nan"),
+        }
+        for f, values in PROFILE.items():
+            row[f] = str(rng.choice(values[1:])) if rng.random() > 0.1 else None
+        rows.append(row)
+    tokens = (
+        ["[PAD]", "[CLS]", "[MASK]"]
+        + [f"M_{m}" for m in MEDS]
+        + [f"D_{d}" for d in DIAGS]
+        + [f"P_{p}" for p in PROCS]
+    )
+    vocab = {
+        "medication": MEDS,
+        "diagnosis": DIAGS,
+        "procedure": PROCS,
+        "tokens": tokens,
+        "profile": PROFILE,
+        "age_bins": [18, 30, 40, 50, 60, 70, 80, 90],
+    }
+    return vocab, pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return varied_cohort()
+
+
+def pair(vocab, seed=0, **overrides):
+    """A packed and a padded student holding the same weights."""
+    cfg = make_config(
+        vocab, {"teacher_hidden_size": 24, "hidden_size": 32, "n_heads": 4, **overrides}
+    )
+    torch.manual_seed(seed)
+    old = legacy.LeaderStudent(cfg)
+    new = LeaderStudent(cfg)
+    new.load_state_dict(old.state_dict())  # one state dict fits both: same parameter names
+    return cfg, old, new
+
+
+def test_encodings_report_the_same_cuts_and_drops(cohort):
+    vocab, samples = cohort
+    assert encode_samples(samples, vocab).report == legacy.encode_samples(samples, vocab).report
+
+
+@pytest.mark.parametrize("batch", [1, 7, 90])
+def test_packed_forward_equals_padded_reference(cohort, batch):
+    vocab, samples = cohort
+    _, old, new = pair(vocab)
+    old.eval(), new.eval()
+    enc_old, enc_new = legacy.encode_samples(samples, vocab), encode_samples(samples, vocab)
+    with torch.no_grad():
+        for s in range(0, len(samples), batch):
+            idx = list(range(s, min(len(samples), s + batch)))
+            a, b = old(legacy.collate(enc_old, idx)), new(collate(enc_new, idx))
+            for key in ("logits", "hidden", "kd", "profile"):
+                torch.testing.assert_close(b[key], a[key], atol=ATOL, rtol=0)
+            x_old, y_old = old.align_pair(legacy.collate(enc_old, idx), a["profile"])
+            x_new, y_new = new.align_pair(b)
+            torch.testing.assert_close(x_new, x_old, atol=ATOL, rtol=0)
+            torch.testing.assert_close(y_new, y_old, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"visit_positions": False},
+        {"profile_enabled": False, "align_enabled": False, "kd_enabled": False},
+    ],
+)
+def test_training_step_equals_padded_reference_without_dropout(cohort, switches):
+    """Loss terms and every parameter gradient, train mode (dropout 0 makes it deterministic)."""
+    vocab, samples = cohort
+    _, old, new = pair(vocab, seed=3, hidden_dropout=0.0, attention_dropout=0.0, **switches)
+    old.train(), new.train()
+    hidden = torch.randn(len(samples), 24, generator=torch.Generator().manual_seed(0))
+    idx = list(range(5, 37))
+    enc_old, enc_new = legacy.encode_samples(samples, vocab), encode_samples(samples, vocab)
+    a = legacy.student_loss(old, legacy.collate(enc_old, idx, hidden))
+    b = student_loss(new, collate(enc_new, idx, hidden))
+    for key in ("total", "bce", "kd", "align"):
+        torch.testing.assert_close(b[key], a[key], atol=ATOL, rtol=0)
+    a["total"].backward()
+    b["total"].backward()
+    grads_old = dict(old.named_parameters())
+    for name, p in new.named_parameters():
+        g_old = grads_old[name].grad
+        if g_old is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, g_old, atol=ATOL, rtol=0, msg=name)
+
+
+def test_default_size_probabilities_equal_padded_reference(cohort):
+    """The deployed configuration (d=64, 4 heads, FFN 300) through the bundle's predict_proba."""
+    vocab, samples = cohort
+    cfg = make_config(vocab, {"teacher_hidden_size": 16})
+    torch.manual_seed(1)
+    old = legacy.LeaderStudent(cfg)
+    new = LeaderStudent(cfg)
+    new.load_state_dict(old.state_dict())
+    bundle = StudentBundle(new, cfg, vocab)
+    expected = legacy.predict_proba(old, vocab, cfg, samples, batch_size=32)
+    for batch_size in (1, 32, 256):
+        np.testing.assert_allclose(
+            bundle.predict_proba(samples, batch_size), expected, atol=ATOL, rtol=0
+        )
+
+
+def test_served_ranking_equals_the_padded_pyfunc(cohort):
+    vocab, samples = cohort
+    cfg, old, new = pair(vocab, seed=2)
+    names = {**NAMES, "medication": {m: f"class {m}" for m in MEDS}}
+    records = samples.drop(columns=["sample_id", "n_past", "target"]).head(40).copy()
+    records["top_k"] = [None if i % 3 == 0 else i % 7 for i in range(len(records))]
+    expected = legacy.pyfunc_predict(old.eval(), vocab, names, cfg, records, default_top_k=5)
+    served = LeaderStudentPyfunc(top_k=5)
+    served.bundle = StudentBundle(new, cfg, vocab, names)
+    got = served.predict(None, records)
+    assert list(got.columns) == list(expected.columns)
+    assert dict(got.dtypes) == dict(expected.dtypes)
+    pd.testing.assert_frame_equal(
+        got.drop(columns="probability"), expected.drop(columns="probability")
+    )
+    np.testing.assert_allclose(got["probability"], expected["probability"], atol=ATOL, rtol=0)
