@@ -45,6 +45,22 @@ class MissingArtifactError(RuntimeError):
     """A stage's input was never produced; the message names the command that makes it."""
 
 
+class DamagedArtifactError(RuntimeError):
+    """A stage's input exists but cannot be read (truncated, empty, garbage, or a half-written
+    file); the message names the artifact and the command that rebuilds it."""
+
+
+#: The error types whose message is the whole story: ``kedro run`` prints them as one line and
+#: writes the traceback to the log file only (``leader_kedro.cli``).
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ParameterError,
+    IngestInputError,
+    StaleFeaturesError,
+    MissingArtifactError,
+    DamagedArtifactError,
+)
+
+
 # --------------------------------------------------------------------------- code types, profile
 
 #: The list columns of ``visits`` and ``samples_*``, in the order the prompt and student use.

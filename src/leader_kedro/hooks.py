@@ -1,12 +1,21 @@
-"""Project hooks."""
+"""Project hooks: missing artifacts stop a run before any node runs, damaged ones with one message.
+
+- :class:`MissingArtifactHook`: a stage's input was never produced -> :class:`MissingArtifactError`
+  naming each missing artifact and the ``kedro run --pipeline=<stage>`` that makes it.
+- :class:`DamagedArtifactHook`: an input exists but cannot be read (truncated, emptied, garbage,
+  half-written) -> :class:`DamagedArtifactError` naming the artifact, why it failed in one line,
+  and the command that rebuilds it. Works for the stock kedro-datasets (parquet, json, csv) and
+  the project's own datasets alike, because it watches the catalog loads of the runner.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from kedro.framework.hooks import hook_impl
 
-from leader_kedro.contracts import MissingArtifactError
+from leader_kedro.contracts import USER_ERRORS, DamagedArtifactError, MissingArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,85 @@ class MissingArtifactHook:
             )
 
 
+class DamagedArtifactHook:
+    """Turn a failed dataset load into one message that names the artifact and its rebuild command.
+
+    The runner loads a node's inputs one by one between ``before_dataset_loaded`` and
+    ``after_dataset_loaded``; a load that started and never finished is the one that failed. When
+    the pipeline then fails, this hook (called last, after kedro-mlflow closed its run) raises
+    :class:`DamagedArtifactError` from the original error, so the CLI prints one line and the
+    log file keeps the full chain.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loading: list[str] = []
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        with self._lock:
+            self._loading.clear()
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node) -> None:
+        with self._lock:
+            self._loading.append(dataset_name)
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data, node) -> None:
+        with self._lock:
+            if dataset_name in self._loading:
+                self._loading.remove(dataset_name)
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error: Exception, run_params, pipeline, catalog) -> None:
+        with self._lock:
+            pending, self._loading = list(self._loading), []
+        if not pending or isinstance(error, USER_ERRORS):
+            return
+        name = next((n for n in pending if f"'{n}'" in str(error)), pending[0])
+        raise DamagedArtifactError(damaged_message(name, error, catalog)) from error
+
+
+def damaged_message(name: str, error: BaseException, catalog=None) -> str:
+    """One line: the artifact, where it is, the root cause, and the command that rebuilds it."""
+    stage = _producing_stages().get(name)
+    where = _describe(catalog, name) if catalog is not None else "catalog entry"
+    fix = (
+        f"Rebuild it with `kedro run --pipeline={stage}`."
+        if stage
+        else "It is not made by any stage: restore it."
+    )
+    return (
+        f"Artifact '{name}' ({where}) exists but cannot be read, it is damaged "
+        f"(truncated, empty or not the expected format): {root_cause(error)}. {fix}"
+    )
+
+
+def root_cause(error: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of the exception that says what went wrong, on one line, shortened.
+
+    Follows the cause chain (``raise ... from``, and implicit contexts unless suppressed) to the
+    innermost exception, but stops at a ``DatasetError`` a dataset raised with its own words: it
+    names the file and the problem better than the library error beneath it.
+    """
+    from kedro.io.core import DatasetError
+
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DatasetError) and not str(error).startswith("Failed while"):
+            break
+        nxt = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if nxt is None:
+            break
+        error = nxt
+    text = " ".join(str(error).split()) or "no message"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
+
+
 def _producing_stages() -> dict[str, str]:
     """Which stage writes each artifact.
 
@@ -57,9 +145,11 @@ def _producing_stages() -> dict[str, str]:
 
 
 def _describe(catalog, name: str) -> str:
+    """The dataset's file path (a wrapped dataset's, e.g. ``CachedDataset``), else its type."""
     try:
         dataset = catalog.get(name) if hasattr(catalog, "get") else catalog._get_dataset(name)
-        filepath = getattr(dataset, "_filepath", None)
+        inner = getattr(dataset, "_dataset", None) or dataset
+        filepath = getattr(inner, "_filepath", None)
         return str(filepath) if filepath is not None else type(dataset).__name__
-    except Exception:  # describing is best effort; the missing name is the message
+    except Exception:  # describing is best effort; the name is the message
         return "catalog entry"

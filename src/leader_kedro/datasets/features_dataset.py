@@ -32,6 +32,8 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
+from leader_kedro.datasets._atomic import write_bytes_atomic
+
 REQUIRED_KEYS = ("sample_ids", "hidden", "fingerprint", "metadata")
 
 
@@ -92,10 +94,13 @@ class TeacherFeaturesDataset(AbstractVersionedDataset[dict, dict]):
         }
         payload = save({"hidden": hidden}, metadata=header)
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        parent = str(PurePosixPath(save_path).parent)
-        self._fs.makedirs(parent, exist_ok=True)
-        with self._fs.open(save_path, "wb") as f:
-            f.write(payload)
+        if self._protocol == "file":
+            # temp name + os.replace: a killed run never leaves a half-written cache
+            write_bytes_atomic(save_path, payload)
+        else:  # object stores write an object in one request
+            self._fs.makedirs(str(PurePosixPath(save_path).parent), exist_ok=True)
+            with self._fs.open(save_path, "wb") as f:
+                f.write(payload)
         self._invalidate_cache()
 
     def _load(self) -> dict:
@@ -105,7 +110,11 @@ class TeacherFeaturesDataset(AbstractVersionedDataset[dict, dict]):
         with self._fs.open(load_path, "rb") as f:
             payload = f.read()
         header = _read_metadata(payload, load_path)
-        if "hidden" not in (tensors := load(payload)):
+        try:
+            tensors = load(payload)
+        except Exception as exc:  # safetensors raises its own error type on a short buffer
+            raise DatasetError(f"{load_path} is not a complete safetensors file: {exc}") from exc
+        if "hidden" not in tensors:
             raise DatasetError(f"{load_path} has no tensor 'hidden' (a teacher feature cache?)")
         for key in ("sample_ids", "fingerprint", "metadata"):
             if key not in header:
@@ -113,11 +122,21 @@ class TeacherFeaturesDataset(AbstractVersionedDataset[dict, dict]):
                     f"{load_path} lacks the '{key}' metadata of a teacher feature cache; "
                     "re-make it with `kedro run --pipeline=features`"
                 )
+        try:
+            ids = json.loads(header["sample_ids"])
+            metadata = json.loads(header["metadata"])
+        except ValueError as exc:
+            raise DatasetError(f"{load_path}: unreadable header metadata: {exc}") from exc
+        hidden = tensors["hidden"]
+        if hidden.ndim != 2 or hidden.shape[0] != len(ids):
+            raise DatasetError(
+                f"{load_path}: 'hidden' has shape {tuple(hidden.shape)} for {len(ids)} sample ids"
+            )
         return {
-            "sample_ids": json.loads(header["sample_ids"]),
-            "hidden": tensors["hidden"],
+            "sample_ids": ids,
+            "hidden": hidden,
             "fingerprint": header["fingerprint"],
-            "metadata": json.loads(header["metadata"]),
+            "metadata": metadata,
         }
 
     def _invalidate_cache(self) -> None:

@@ -14,11 +14,12 @@ Catalog::
 from __future__ import annotations
 
 import glob
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+
+from leader_kedro.datasets._atomic import write_dir_atomic
 
 
 class StudentModelDataset(AbstractVersionedDataset[Any, Any]):
@@ -60,7 +61,5 @@ class StudentModelDataset(AbstractVersionedDataset[Any, Any]):
             raise DatasetError(
                 f"StudentModelDataset({self._filepath}) saves a StudentBundle, got {type(data).__name__}"
             )
-        path = Path(str(self._get_save_path()))
-        if path.exists():
-            shutil.rmtree(path)
-        save_bundle(data, path)
+        # written in a temporary folder, then renamed: never a half-written student on disk
+        write_dir_atomic(Path(str(self._get_save_path())), lambda tmp: save_bundle(data, tmp))

@@ -8,12 +8,12 @@ copied. ``load`` returns a :class:`leader_kedro.teacher.model.TeacherBundle`.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractVersionedDataset, DatasetError, Version
+
+from leader_kedro.datasets._atomic import write_dir_atomic
 
 
 class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
@@ -64,17 +64,8 @@ class TeacherModelDataset(AbstractVersionedDataset[Any, Any]):
             raise DatasetError(
                 f"teacher_model expects a TeacherBundle to save, got {type(data).__name__}"
             )
-        path = Path(str(self._get_save_path()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            save_teacher(data, tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        # written in a temporary folder, then renamed: never a half-written teacher on disk
+        write_dir_atomic(Path(str(self._get_save_path())), lambda tmp: save_teacher(data, tmp))
 
     def _exists(self) -> bool:
         try:
