@@ -24,6 +24,7 @@ import pandas as pd
 
 from leader_kedro.config import build_config
 from leader_kedro.contracts import FEATURES_COMMAND, StaleFeaturesError
+from leader_kedro.teacher.distributed import DistributedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class FeaturesConfig:
     splits: tuple[str, ...] = ("train", "val", "test")
     batch_size: int = 32
     sort_by_length: bool = True
+    progress: bool = True  # a tqdm bar per split (prompts/s)
+    # > 1 processes: workers launched by torchrun/accelerate share the prompts, rank 0 gathers
+    distributed: DistributedConfig = DistributedConfig()
 
 
 def features_config(params) -> FeaturesConfig:
@@ -168,12 +172,16 @@ def extract_features(
     batch_size: int = 32,
     split: str = "train",
     sort_by_length: bool = True,
+    progress: bool = False,
+    distributed: DistributedConfig | None = None,
 ) -> dict[str, Any]:
     """Run the teacher over the prompts and return the cache dict (float16 hidden states).
 
     ``bundle`` is a ``teacher.TeacherBundle``; its ``encode`` already batches by length, and
     with ``sort_by_length`` the prompts are also handed over sorted by their token count (longest
     first, so a too-large batch fails at once) and the rows are put back in prompt order.
+    ``distributed`` with ``processes > 1`` shares the prompts among that many worker processes
+    (:mod:`leader_kedro.teacher.distributed`); the rows come back in prompt order all the same.
     """
     import torch
 
@@ -204,7 +212,13 @@ def extract_features(
         order = np.argsort(-prompts["n_tokens"].to_numpy(), kind="stable")
     start = time.perf_counter()
     if texts:
-        hidden, _ = bundle.encode([texts[i] for i in order], batch_size=batch_size)
+        ordered = [texts[i] for i in order]
+        if distributed is not None and distributed.enabled:
+            from leader_kedro.teacher import distributed as ddp
+
+            hidden = ddp.encode(bundle, ordered, batch_size, distributed, progress)
+        else:
+            hidden, _ = bundle.encode(ordered, batch_size=batch_size, progress=progress)
         hidden = np.asarray(hidden, dtype=np.float32)
         if hidden.ndim != 2 or hidden.shape[0] != len(texts):
             raise ValueError(
@@ -239,6 +253,7 @@ def extract_features(
         "padding_share": padding_waste(prompts["n_tokens"], batch_size)
         if "n_tokens" in prompts.columns
         else None,
+        "processes": int(distributed.processes) if distributed is not None else 1,
         "skipped": False,
     }
     logger.info(

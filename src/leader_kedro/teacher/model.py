@@ -391,12 +391,16 @@ class TeacherBundle:
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return tokenize(self.tokenizer, texts, self.config["max_length"], self.config["kind"])
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, texts: list[str], batch_size: int = 32, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(pooled hidden float32 [N, H], probabilities float32 [N, M]) in input order.
 
         Batches are formed over length-sorted inputs so that little compute goes to padding.
+        ``progress`` shows a tqdm bar (prompts done, prompts/s) on stderr.
         """
         import torch
+        from tqdm.auto import tqdm
 
         texts = list(texts)
         n, hidden_size, m = len(texts), self.config["hidden_size"], len(self.config["medications"])
@@ -409,7 +413,8 @@ class TeacherBundle:
         device = next(self.model.parameters()).device
         pad_id = self.tokenizer.pad_token_id
         self.model.eval()
-        with torch.inference_mode():
+        bar = tqdm(total=n, desc="teacher", unit="prompt", disable=not progress, leave=False)
+        with torch.inference_mode(), bar:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
@@ -417,10 +422,13 @@ class TeacherBundle:
                 logits = self.model.head(pooled.to(self.model.head.weight.dtype))
                 hidden_out[idx] = pooled.float().cpu().numpy()
                 prob_out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+                bar.update(len(idx))
         return hidden_out, prob_out
 
-    def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        return self.encode(texts, batch_size=batch_size)[1]
+    def predict_proba(
+        self, texts: list[str], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        return self.encode(texts, batch_size=batch_size, progress=progress)[1]
 
     def save(self, path: str | Path) -> None:
         save_teacher(self, path)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
 from leader_kedro import tracking
-from leader_kedro.teacher.training import TRAINABLE_FILE
+from leader_kedro.teacher.training import TRAINABLE_FILE, mark_complete
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,33 @@ class TeacherTrainer(Trainer):
                 groups, lr=self.args.learning_rate, betas=(0.9, 0.999), eps=1e-8
             )
         return self.optimizer
+
+    def _save_checkpoint(self, model, trial):
+        """HF's checkpoint, then a completeness marker, then the rotation of old checkpoints.
+
+        The marker (:data:`~leader_kedro.teacher.training.COMPLETE_FILE`, written atomically) is
+        the last file of a checkpoint: resuming takes the newest checkpoint that has it, so a run
+        killed while writing one resumes from the previous one. Old checkpoints are rotated only
+        after the marker, so a kill never leaves a run without a complete checkpoint.
+        """
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            mark_complete(folder, self.state.global_step)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
 
     def _save(self, output_dir=None, state_dict=None):
         output_dir = output_dir or self.args.output_dir

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -27,6 +29,7 @@ import pandas as pd
 from leader_kedro.config import as_dict, build_config
 from leader_kedro.contracts import multi_hot, predictions_frame
 from leader_kedro.evaluation import metrics as med_metrics
+from leader_kedro.teacher.distributed import DistributedConfig, resolve_backend, world
 from leader_kedro.teacher.model import (
     TeacherBundle,
     TeacherConfigError,
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "teacher_trainable.safetensors"
 DONE_FILE = "finished_run.json"
+#: The last file written into a checkpoint: its files and sizes. A checkpoint without it (or
+#: whose files differ from it) was cut short by a kill and is never resumed from.
+COMPLETE_FILE = "checkpoint_complete.json"
 
 
 # --------------------------------------------------------------------------- config
@@ -92,6 +98,8 @@ class TeacherConfig:
     logging_steps: int = 10
     disable_tqdm: bool = False
     dataloader_num_workers: int = 0
+    # > 1 processes: DDP workers launched by torchrun/accelerate (leader_kedro.teacher.distributed)
+    distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self) -> None:
         for key in (
@@ -204,11 +212,78 @@ def run_signature(
     """
     values = {**as_dict(cfg), "seed": int(seed)}
     keep = {k: values[k] for k in _SIGNATURE_KEYS}
+    if int(cfg.distributed.processes) > 1:  # the global batch (and schedule) scale with it
+        keep["world_size"] = int(cfg.distributed.processes)
     cfg_model = {k: v for k, v in config.items() if k != "backbone_resolved"}
     h = hashlib.sha256(json.dumps([keep, cfg_model], sort_keys=True, default=str).encode())
     for part in (train_ids, train_texts, val_ids):
         h.update("\x1f".join(part).encode())
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` to a temporary name, then rename: readers see all of it or the old file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def mark_complete(folder: str | Path, step: int) -> None:
+    """Record ``folder`` as a complete checkpoint: every file in it with its size."""
+    folder = Path(folder)
+    files = {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_FILE and not p.name.startswith(".")
+    }
+    _write_json_atomic(folder / COMPLETE_FILE, {"step": int(step), "files": files})
+
+
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """True when ``folder`` has its completeness marker and every file it lists, at that size."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / COMPLETE_FILE).read_text())
+        files = dict(record["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if TRAINABLE_FILE not in files:
+        return False
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != int(size):
+            return False
+    return True
+
+
+def last_complete_checkpoint(run_dir: str | Path, remove_incomplete: bool = True) -> str | None:
+    """The newest complete ``checkpoint-<step>`` of ``run_dir``.
+
+    Incomplete ones (a run killed while writing them) are removed when ``remove_incomplete``, so
+    that neither the Trainer's rotation nor a later resume can pick them up.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for folder in run_dir.glob("checkpoint-*"):
+        step = _checkpoint_step(folder)
+        if not folder.is_dir() or step <= 0:
+            continue
+        if checkpoint_is_complete(folder):
+            found.append((step, folder))
+        elif remove_incomplete:
+            logger.warning(
+                "Removing the incomplete teacher checkpoint %s (a run was killed while writing "
+                "it); resuming from the previous complete one",
+                folder,
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(max(found)[1]) if found else None
 
 
 # --------------------------------------------------------------------------- trainer
@@ -301,6 +376,21 @@ def train_teacher(
     align(prompts_val, samples_val, "val")
     if len(prompts_train) == 0 or len(prompts_val) == 0:
         raise ValueError("teacher needs non-empty prompts_train and prompts_val")
+    if cfg.distributed.enabled:
+        from leader_kedro.teacher import distributed
+
+        if callbacks:
+            logger.warning("train_teacher: callbacks are not passed to distributed workers")
+        return distributed.train(
+            prompts_train,
+            samples_train,
+            prompts_val,
+            samples_val,
+            medications,
+            as_dict(cfg),
+            seed,
+            cfg.distributed,
+        )
     n_train_total = len(prompts_train)
     prompts_train, samples_train = _subsample(prompts_train, samples_train, cfg, seed)
 
@@ -402,8 +492,6 @@ def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
     ``resume_from_checkpoint: auto`` reuses a finished run with the same length settings, else
     resumes from the last checkpoint of the folder; ``null`` starts afresh; a path resumes from it.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     out_dir = Path(cfg.checkpoint_dir) / signature
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = cfg.resume_from_checkpoint
@@ -417,13 +505,18 @@ def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
     finished = _finished_run(done_file, length) if auto else None
     if done_file.is_file() and finished is None:
         done_file.unlink()
-    if auto:
-        resume = None if finished else get_last_checkpoint(str(out_dir))
+    if auto:  # (in DDP, only rank 0 removes incomplete checkpoints)
+        resume = None if finished else last_complete_checkpoint(out_dir, world()[0] == 0)
     elif resume in (None, False, "none", "never"):
         resume = None
     elif not Path(str(resume)).is_dir():
         raise TeacherConfigError(
             f"teacher.resume_from_checkpoint {resume!r} is not a checkpoint directory"
+        )
+    elif not checkpoint_is_complete(str(resume)):
+        raise TeacherConfigError(
+            f"teacher.resume_from_checkpoint {resume!r} is incomplete (no {COMPLETE_FILE}: the "
+            "run that wrote it was killed); pick an earlier checkpoint or use 'auto'"
         )
     if resume:
         logger.info("Resuming teacher training from %s", resume)
@@ -511,9 +604,13 @@ def _train(
         "device": "cuda" if use_cuda else "cpu",
         "n_trainable": int(sum(v.numel() for v in model.trainable_state_dict().values())),
     }
-    if summary["best_checkpoint"] and _ran_to_completion(trainer, run.length):
-        run.done_file.write_text(
-            json.dumps({"length": run.length, "summary": summary, "history": history}, default=str)
+    if (
+        trainer.args.should_save  # rank 0 only under DDP
+        and summary["best_checkpoint"]
+        and _ran_to_completion(trainer, run.length)
+    ):
+        _write_json_atomic(
+            run.done_file, {"length": run.length, "summary": summary, "history": history}
         )
     return history, summary
 
@@ -550,6 +647,8 @@ def _training_args(cfg: TeacherConfig, out_dir: Path, bf16: bool, use_cuda: bool
         remove_unused_columns=False,
         disable_tqdm=bool(cfg.disable_tqdm),
         dataloader_num_workers=int(cfg.dataloader_num_workers),
+        # under torchrun/accelerate (teacher.distributed): the backend the launcher chose
+        ddp_backend=resolve_backend(cfg.distributed.backend) if world()[2] > 1 else None,
     )
 
 
@@ -562,7 +661,7 @@ def _finished_run(done_file: Path, length: dict) -> dict | None:
     except ValueError:
         return None
     best = (done.get("summary") or {}).get("best_checkpoint")
-    if done.get("length") != length or not best or not (Path(best) / TRAINABLE_FILE).is_file():
+    if done.get("length") != length or not best or not checkpoint_is_complete(best):
         return None
     return done
 
@@ -594,11 +693,14 @@ def evaluate_split(
     split: str,
     threshold: float,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """Probabilities for one split (predictions contract) and its metrics."""
     align(prompts, samples, split)
     meds = bundle.medications
-    probs = bundle.predict_proba(prompts["prompt"].astype(str).tolist(), batch_size=batch_size)
+    probs = bundle.predict_proba(
+        prompts["prompt"].astype(str).tolist(), batch_size=batch_size, progress=progress
+    )
     frame = predictions_frame(prompts["sample_id"].astype(str).tolist(), probs, meds)
     y, unknown = multi_hot(samples["target"], meds, f"samples_{split}.target")
     stats = med_metrics.summary(y, probs, threshold) if len(y) else {}

@@ -32,6 +32,8 @@ def extract(
         batch_size=cfg.batch_size,
         split=split,
         sort_by_length=cfg.sort_by_length,
+        progress=cfg.progress,
+        distributed=cfg.distributed,
     )
     meta = out["metadata"]
     tracking.log_metrics(
@@ -74,6 +76,7 @@ def report_features(
         }
         for key in (
             "extraction_seconds",
+            "processes",
             "batch_size",
             "padding_share",
             "float16_max_abs_error",

@@ -47,11 +47,12 @@ def predict_teacher(
 
     config = build_config(teacher_training.TeacherConfig, params, "teacher")
     threshold, batch_size = config.threshold, config.predict_batch_size
+    progress = not config.disable_tqdm
     pred_val, m_val = teacher_training.evaluate_split(
-        teacher_model, prompts_val, samples_val, "val", threshold, batch_size
+        teacher_model, prompts_val, samples_val, "val", threshold, batch_size, progress
     )
     pred_test, m_test = teacher_training.evaluate_split(
-        teacher_model, prompts_test, samples_test, "test", threshold, batch_size
+        teacher_model, prompts_test, samples_test, "test", threshold, batch_size, progress
     )
     card = teacher_training.teacher_card(teacher_model, m_val, m_test, training_history, threshold)
     tracking.log_metrics(m_val, prefix="teacher.val.")
