@@ -90,7 +90,7 @@ class PromptConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | PromptConfig | None) -> PromptConfig:
         """Build from ``params:prompts`` (unknown keys and wrong types name the parameter)."""
-        if isinstance(params, cls):
+        if isinstance(params, PromptConfig):
             return params
         kwargs = dict(params or {})
         if kwargs.get("profile_fields") is None and "profile_fields" in kwargs:
@@ -503,7 +503,7 @@ def build_prompts(
     ]
     if len(over):
         est = _estimate_states([parts[i] for i in over], cfg, tokenizer, budget, n_special)
-        for i, st in zip(over, est, strict=True):
+        for i, st in zip(over.tolist(), est, strict=True):
             states[i] = st
     prompts = list(full_prompts)
     lengths = full_len.copy()
