@@ -6,12 +6,17 @@
   half-written) -> :class:`DamagedArtifactError` naming the artifact, why it failed in one line,
   and the command that rebuilds it. Works for the stock kedro-datasets (parquet, json, csv) and
   the project's own datasets alike, because it watches the catalog loads of the runner.
+- :class:`SqliteTrackingHook`: runs sharing one sqlite ``mlflow.db`` create its tables one at a
+  time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
@@ -87,6 +92,67 @@ class DamagedArtifactHook:
         raise DamagedArtifactError(damaged_message(name, error, catalog)) from error
 
 
+class SqliteTrackingHook:
+    """Several ``kedro run``s may share one sqlite ``mlflow.db`` (one team store, or runs side by
+    side): the first one to open a fresh file creates its tables while the others wait.
+
+    MLflow builds a fresh sqlite store's schema without a lock: two runs starting together both
+    run the migrations and one dies (``duplicate column``). Called before kedro-mlflow's own
+    ``after_context_created``, this hook creates the schema and the run's experiment under an
+    exclusive file lock (``<db>.lock``). Later writes are serialised by sqlite itself; MLflow
+    waits up to 20 s for a busy database (``PRAGMA busy_timeout``) and retries the version number
+    of a registered model.
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        try:
+            loader = context.config_loader
+            if "mlflow" not in loader.config_patterns:
+                loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+            conf = dict(loader["mlflow"] or {})
+        except Exception:  # no mlflow.yml: kedro-mlflow's defaults, nothing shared to guard
+            return
+        uri = str((conf.get("server") or {}).get("mlflow_tracking_uri") or "")
+        if not uri.startswith("sqlite:///"):
+            return
+        experiment = (conf.get("tracking") or {}).get("experiment") or {}
+        kwargs = experiment.get("create_experiment_kwargs") or {}
+        prepare_sqlite_store(uri, experiment.get("name"), kwargs.get("artifact_location"))
+
+
+def prepare_sqlite_store(
+    uri: str, experiment: str | None = None, artifact_location: str | None = None
+) -> None:
+    """Create the tables of the sqlite MLflow store at ``uri`` (and ``experiment``), once, under
+    an exclusive lock shared by every process that uses the same file."""
+    import mlflow
+
+    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(path.with_name(path.name + ".lock")):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # builds the store: creates and migrates tables
+        if experiment and client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment, artifact_location=artifact_location)
+
+
+@contextmanager
+def _exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock_file`` between processes (``fcntl``; none where it is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def damaged_message(name: str, error: BaseException, catalog=None) -> str:
     """One line: the artifact, where it is, the root cause, and the command that rebuilds it."""
     stage = _producing_stages().get(name)
@@ -102,7 +168,7 @@ def damaged_message(name: str, error: BaseException, catalog=None) -> str:
     )
 
 
-def root_cause(error: BaseException, limit: int = 200) -> str:
+def root_cause(error: BaseException, limit: int = 300) -> str:
     """``Type: message`` of the exception that says what went wrong, on one line, shortened.
 
     Follows the cause chain (``raise ... from``, and implicit contexts unless suppressed) to the
@@ -114,7 +180,7 @@ def root_cause(error: BaseException, limit: int = 200) -> str:
     seen = set()
     while id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, DatasetError) and not str(error).startswith("Failed while"):
+        if isinstance(error, DatasetError) and "Failed while" not in str(error):
             break
         nxt = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         if nxt is None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from leader_kedro.hooks import DamagedArtifactHook, MissingArtifactHook
+from leader_kedro.hooks import DamagedArtifactHook, MissingArtifactHook, SqliteTrackingHook
 
 
 def _project_root() -> str:
@@ -15,7 +15,7 @@ def _project_root() -> str:
     return str((root or Path(__file__).resolve().parents[2]).resolve())
 
 
-HOOKS = (MissingArtifactHook(), DamagedArtifactHook())
+HOOKS = (MissingArtifactHook(), DamagedArtifactHook(), SqliteTrackingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

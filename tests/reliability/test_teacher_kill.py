@@ -62,7 +62,7 @@ def reference(tiny_bert, tiny_cohort, tmp_path_factory):
     """The uninterrupted run: val PRAUC by epoch."""
     ckpt = tmp_path_factory.mktemp("reference")
     _, history = TT.train_teacher(*_data(tiny_cohort), _params(tiny_bert, ckpt), seed=SEED)
-    assert [row["epoch"] for row in history["history"]] == [1, 2, 3]
+    assert [row["epoch"] for row in history["history"]] == list(range(1, EPOCHS + 1))
     return history
 
 
