@@ -1,9 +1,11 @@
-"""Benchmarks: ``python -m leader_kedro.bench {ingest,efficiency} ...``.
+"""Benchmarks: ``python -m leader_kedro.bench {ingest,efficiency,student} ...``.
 
 ``ingest``: write a synthetic cohort of N patients (timed on its own), then ingest it in a child
 process and print the ingest wall time and its peak RSS (RUSAGE_CHILDREN, so the generator's
 memory is not counted). Target on the 2-core dev machine: 100k patients in < 60 s, < 4 GiB.
 ``efficiency`` is forwarded to ``leader_kedro.evaluation.efficiency.main(argv)``.
+``student`` is forwarded to ``leader_kedro.student.benchmark.main(argv)``: the student's training
+samples/s and inference latency/throughput, before (``student/legacy.py``) and after issue 10.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def bench_ingest(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m leader_kedro.bench {ingest,efficiency} [options]")
+        print("usage: python -m leader_kedro.bench {ingest,efficiency,student} [options]")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "ingest":
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         from leader_kedro.evaluation import efficiency
 
         return int(efficiency.main(rest) or 0)
-    print(f"unknown benchmark {cmd!r}; expected ingest or efficiency", file=sys.stderr)
+    if cmd == "student":
+        from leader_kedro.student import benchmark
+
+        return int(benchmark.main(rest) or 0)
+    print(f"unknown benchmark {cmd!r}; expected ingest, efficiency or student", file=sys.stderr)
     return 2
 
 

@@ -73,3 +73,41 @@ def test_peak_rss_sees_an_allocation():
         block = np.ones(40 * 2**20 // 8)  # 40 MiB
         block.sum()
     assert rss.growth > 10 * 2**20
+
+
+def test_measure_one_cycles_the_samples_and_repeats_until_min_seconds():
+    calls = []
+
+    def predict(idx, bs):
+        calls.append((list(idx), bs))
+
+    res = efficiency.measure_one(
+        "toy",
+        predict,
+        n_parameters=1,
+        device="cpu",
+        n_available=5,
+        batch_sizes=(4,),
+        latency_samples=3,
+        throughput_samples=12,
+        warmup=0,
+        cycle=True,
+        min_seconds=0.01,
+        memory=False,
+    )
+    assert res["latency_samples"] == 3 and res["throughput_samples"] == 12
+    thr = [idx for idx, bs in calls if bs == 4]
+    assert thr[0] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]  # 12 samples from 5, wrapped
+    assert len(thr) >= 1 and res["throughput"]["4"] > 0
+    assert res["peak_memory_bytes"] == {}
+
+
+def test_student_predictors_cover_the_module_and_the_served_model(bundles):
+    _, student, _, samples = bundles
+    paths = efficiency.student_predictors(student, samples)
+    probs = paths["module"]([0, 1, 2], 2)
+    assert probs.shape == (3, len(student.vocab["medication"]))
+    ranked = paths["pyfunc"]([0, 1, 2], 2)
+    assert len(ranked) == 2  # two requests: a batch of 2 and a batch of 1
+    assert list(ranked[0].columns) == ["row", "rank", "atc3", "name", "probability"]
+    assert sorted(ranked[0]["row"].unique()) == [0, 1]

@@ -30,7 +30,9 @@ def base_params() -> dict:
     return params
 
 
-def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
+def make_inputs(
+    ablations: bool = True, stale: bool = False, n_seeds: int = 1, workers: int = 1
+) -> dict:
     cohort = make_tiny_cohort(60, seed=1)
     train, test = cohort["samples_train"], cohort["samples_test"]
     prompts = pd.DataFrame(
@@ -60,6 +62,7 @@ def make_inputs(ablations: bool = True, stale: bool = False) -> dict:
     teacher.insert(0, "sample_id", test["sample_id"].astype(str))
     params = tiny_params()
     params["ablations"] = ablations
+    params["training"].update(n_seeds=n_seeds, workers=workers)
     return {
         "samples_train": train,
         "samples_val": cohort["samples_val"],
@@ -148,3 +151,35 @@ def test_stale_features_name_the_artifact_and_the_command():
         StaleFeaturesError, match=r"teacher_features.*kedro run --pipeline=features"
     ):
         run(make_inputs(stale=True))
+
+
+def test_seeds_train_every_variant_once_per_seed_side_by_side():
+    inputs = make_inputs(n_seeds=2, workers=2)
+    catalog = run(inputs)
+    meds = inputs["vocab"]["medication"]
+    long = catalog.load("student_seed_predictions")
+    assert list(long.columns) == ["model", "seed", "split", "sample_id", *meds]
+    counts = long.groupby(["model", "seed", "split"]).size().to_dict()
+    for model in ("student", "student_no_kd", "student_no_align"):
+        for seed in (42, 43):
+            assert counts[(model, seed, "val")] == len(inputs["samples_val"])
+            assert counts[(model, seed, "test")] == len(inputs["samples_test"])
+    # the first seed's students are the ones the rest of the project reads
+    first = long[(long["seed"] == 42) & (long["split"] == "test")]
+    for model in ("student", "student_no_kd", "student_no_align"):
+        table = catalog.load(f"{model}_predictions_test")
+        rows = first[first["model"] == model].drop(columns=["model", "seed", "split"])
+        np.testing.assert_allclose(rows[meds].to_numpy(), table[meds].to_numpy(), atol=1e-6)
+        assert rows["sample_id"].tolist() == table["sample_id"].tolist()
+    seeds = long[(long["model"] == "student") & (long["split"] == "test")]
+    a, b = (seeds[seeds["seed"] == s][meds].to_numpy() for s in (42, 43))
+    assert not np.allclose(a, b)  # another seed is another student
+    metrics = catalog.load("distill_metrics")
+    by_seed = metrics["test_by_seed"]["student"]
+    assert set(by_seed["seeds"]) == {"42", "43"}
+    prauc = [v["prauc"] for v in by_seed["seeds"].values()]
+    assert by_seed["mean"]["prauc"] == pytest.approx(np.mean(prauc))
+    assert by_seed["sd"]["prauc"] == pytest.approx(np.std(prauc, ddof=1))
+    history = catalog.load("student_training_history")
+    assert [s["seed"] for s in history["student"]["seeds"]] == [42, 43]
+    assert history["student"]["seed"] == 42

@@ -244,6 +244,35 @@ def test_training_is_deterministic_and_learns(cohort):
     assert not np.array_equal(p1, b3.predict_proba(test))
 
 
+def test_students_trained_side_by_side_equal_the_ones_trained_in_process(cohort):
+    from leader_kedro.student.training import distill_config, prepare, train_students
+
+    vocab = cohort["vocab"]
+    train, val, test = cohort["samples_train"], cohort["samples_val"], cohort["samples_test"]
+    cfg = distill_config(
+        {**PARAMS, "ablations": True, "training": {**PARAMS["training"], "n_seeds": 2}}
+    )
+    prepared = prepare(cfg, train, val, vocab, fake_features(train), None, test)
+    inline = train_students(cfg, prepared, variants=("main", "no_kd"))
+    parallel = train_students(
+        distill_config({**PARAMS, "training": {**PARAMS["training"], "n_seeds": 2, "workers": 2}}),
+        prepared,
+        variants=("main", "no_kd"),
+    )
+    assert [(r.variant, r.seed) for r in inline] == [
+        ("main", 7),
+        ("main", 8),
+        ("no_kd", 7),
+        ("no_kd", 8),
+    ]
+    for a, b in zip(inline, parallel, strict=True):
+        assert (a.variant, a.seed) == (b.variant, b.seed)
+        np.testing.assert_array_equal(a.test_probs, b.test_probs)
+        np.testing.assert_array_equal(a.val_probs, b.val_probs)
+        np.testing.assert_array_equal(b.bundle.predict_proba(test), b.test_probs)
+    assert not np.array_equal(inline[0].test_probs, inline[1].test_probs)
+
+
 def test_missing_train_features_name_the_artifact_and_command(cohort):
     train = cohort["samples_train"]
     feats = fake_features(train.iloc[1:])

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -127,15 +128,23 @@ def _latencies(
     return np.asarray(times)
 
 
-def _throughput(call: Callable[[], Any], n: int, device: str, warmup: bool) -> float:
+def _throughput(
+    call: Callable[[], Any], n: int, device: str, warmup: bool, min_seconds: float = 0.0
+) -> float:
+    """Samples/s of ``call`` (``n`` samples per call), repeated until ``min_seconds`` have passed."""
     if warmup:
         call()
     _sync(device)
+    calls = 0
     t0 = time.perf_counter()
-    call()
-    _sync(device)
-    elapsed = time.perf_counter() - t0
-    return float(n / elapsed) if elapsed > 0 else float("inf")
+    while True:
+        call()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            break
+    return float(n * calls / elapsed) if elapsed > 0 else float("inf")
 
 
 def measure_one(
@@ -149,15 +158,21 @@ def measure_one(
     throughput_samples: int = 256,
     warmup: int = 3,
     weights: int | None = None,
+    cycle: bool = False,
+    min_seconds: float = 0.0,
+    memory: bool = True,
 ) -> dict[str, Any]:
-    """Latency at batch 1, throughput at every batch size > 1, peak memory, parameters.
+    """Latency at batch 1, throughput at every batch size, peak memory, parameters.
 
-    ``predict(indices, batch_size)`` must compute the probabilities of those samples.
+    ``predict(indices, batch_size)`` must compute the predictions of those samples. With
+    ``cycle`` the throughput samples wrap around the available ones (a batch of 256 from a split
+    of 138 samples); each throughput is repeated until ``min_seconds`` have passed.
     """
     if n_available == 0:
         raise ValueError(f"efficiency: no test samples to measure {name} on")
     lat_idx = list(range(min(latency_samples, n_available)))
-    thr_idx = list(range(min(throughput_samples, n_available)))
+    n_thr = throughput_samples if cycle else min(throughput_samples, n_available)
+    thr_idx = [i % n_available for i in range(n_thr)]
     lat = _latencies(lambda i: predict([i], 1), lat_idx, warmup, device)
     out: dict[str, Any] = {
         "model": name,
@@ -175,12 +190,32 @@ def measure_one(
     for bs in batch_sizes:
         bs = int(bs)
         out["throughput"][str(bs)] = _throughput(
-            lambda bs=bs: predict(thr_idx, bs), len(thr_idx), device, warmup > 0
+            partial(predict, thr_idx, bs), len(thr_idx), device, warmup > 0, min_seconds
         )
-        mem, kind = _peak_memory(lambda bs=bs: predict(thr_idx[: max(bs, 1)], bs), device)
-        out["peak_memory_bytes"][str(bs)] = mem
-        out["memory_measure"] = kind
+        if memory:
+            mem, kind = _peak_memory(partial(predict, thr_idx[: max(bs, 1)], bs), device)
+            out["peak_memory_bytes"][str(bs)] = mem
+            out["memory_measure"] = kind
     return out
+
+
+def student_predictors(bundle, samples: pd.DataFrame) -> dict[str, Callable[[list[int], int], Any]]:
+    """The student's two serving paths as ``predict(indices, batch_size)`` callables:
+
+    - ``module``: sample rows -> probabilities (``StudentBundle.predict_proba``, encoding included);
+    - ``pyfunc``: patient records -> ranked ATC-3 codes (the registered model's own ``predict``).
+    """
+    from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
+
+    records = serving_records(samples)
+    pyfunc = LeaderStudentPyfunc()
+    pyfunc.bundle = bundle
+    return {
+        "module": lambda idx, bs: bundle.predict_proba(samples.iloc[idx], batch_size=bs),
+        "pyfunc": lambda idx, bs: [
+            pyfunc.predict(None, records.iloc[idx[s : s + bs]]) for s in range(0, len(idx), bs)
+        ],
+    }
 
 
 def ratios(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, float | None]:
@@ -257,7 +292,7 @@ def measure(
     with torch.inference_mode(), torch_threads(s_threads):
         student = measure_one(
             "student",
-            lambda idx, bs: student_bundle.predict_proba(samples_test.iloc[idx], batch_size=bs),
+            student_predictors(student_bundle, samples_test)["module"],
             student_bundle.n_parameters,
             s_dev,
             n,
@@ -378,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = find_kedro_project(Path.cwd()) or Path(__file__).resolve().parents[3]
     bootstrap_project(root)
     with KedroSession.create(project_path=root, env=args.env) as session:
-        context = session.load_context()
+        context = session.load_context()  # type: ignore[attr-defined]
         catalog = context.catalog
         from leader_kedro.evaluation.protocols import evaluate_config
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from mlflow.pyfunc import PythonModel
 from torch import nn
 
 from leader_kedro.contracts import PROFILE_FIELDS
@@ -510,3 +511,30 @@ def train_epochs(
             terms["total"].backward()
             optim.step()
     return time.perf_counter() - started
+
+
+class LegacyPyfunc(PythonModel):
+    """The old ``LeaderStudentPyfunc.predict`` as an MLflow python model (for the benchmark's
+    "through MLflow" row): loads the same ``student_model`` artifact directory."""
+
+    def __init__(self, top_k: int = 10):
+        self.top_k = int(top_k)
+        self.loaded = None
+
+    def load_context(self, context):
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        directory = Path(context.artifacts["student_model"])
+        config = json.loads((directory / "student_config.json").read_text())
+        vocab = json.loads((directory / "vocab.json").read_text())
+        names = json.loads((directory / "code_names.json").read_text())
+        module = LeaderStudent(config)
+        module.load_state_dict(load_file(str(directory / "student.safetensors")))
+        self.loaded = (module.eval(), vocab, names, config)
+
+    def predict(self, context, model_input, params=None):
+        module, vocab, names, config = self.loaded
+        return pyfunc_predict(module, vocab, names, config, model_input, self.top_k)

@@ -37,15 +37,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from leader_kedro.contracts import PROFILE_FIELDS, predictions_frame
+from leader_kedro.torch_threads import torch_threads
 
 PAD = 0
 #: The streams of a sample, in the order of the model's set transformers.
 STREAMS = ("diagnoses", "procedures", "medications")
 #: Batch-key prefix of each packed set kind (``targets``: the alignment's target medication sets).
 PREFIX = {"diagnoses": "dx", "procedures": "px", "medications": "rx", "targets": "tg"}
-#: Padded widths of the attention buckets; longer sets use the next multiple of the last width.
-#: Widths that are multiples of 16 keep the CPU attention kernels on their vectorised paths.
-BUCKET_WIDTHS = (1, 16, 32)
+#: Padded widths of the attention buckets; longer sets use the next multiple of 16. Widths that
+#: are multiples of 16 keep the CPU attention kernels on their vectorised paths (a set of 8 costs
+#: more than a set of 16); a set of one code needs no attention at all.
+BUCKET_WIDTHS = (1, 2, 16, 32)
+BUCKET_STEP = 16
+#: Requests smaller than this run on one intra-op thread (:func:`predict_proba_encoded`).
+SMALL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -370,21 +375,22 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _bucket_width(lengths: np.ndarray) -> np.ndarray:
-    widths = np.full(len(lengths), BUCKET_WIDTHS[-1], dtype=np.int64)
-    for w in reversed(BUCKET_WIDTHS[:-1]):
+    widths = -(-lengths // BUCKET_STEP) * BUCKET_STEP
+    for w in reversed(BUCKET_WIDTHS):
         widths[lengths <= w] = w
-    big = lengths > BUCKET_WIDTHS[-1]
-    step = BUCKET_WIDTHS[-1]
-    widths[big] = -(-lengths[big] // step) * step
     return widths
 
 
-def set_layout(lengths: np.ndarray, prefix: str) -> dict[str, torch.Tensor]:
+def set_layout(
+    lengths: np.ndarray, prefix: str, tokens: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
     """How the packed codes of sets with ``lengths`` (>= 1) map onto padded attention buckets.
 
     ``{prefix}_pos`` [T]: row of each code in the padded buffer; ``{prefix}_valid`` [R]: which rows
     are real; ``{prefix}_groups`` [G, 3]: (first row, sets, width) of each bucket;
-    ``{prefix}_seg`` [T]: set of each code; ``{prefix}_inv`` [S, 1]: 1 / set length.
+    ``{prefix}_seg`` [T]: set of each code; ``{prefix}_inv`` [S, 1]: 1 / set length; with
+    ``tokens`` [T], ``{prefix}_padded`` [R]: the token of each padded row (pad rows: token 0,
+    any finite values do: they are masked keys and discarded queries).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     n_sets = len(lengths)
@@ -402,9 +408,10 @@ def set_layout(lengths: np.ndarray, prefix: str) -> dict[str, torch.Tensor]:
     seg = np.repeat(np.arange(n_sets), lengths)
     within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     pos = set_row[seg] + within
-    valid = np.zeros(int(rows.sum()), dtype=bool)
+    n_rows = int(rows.sum())
+    valid = np.zeros(n_rows, dtype=bool)
     valid[pos] = True
-    return {
+    out = {
         f"{prefix}_pos": torch.from_numpy(pos),
         f"{prefix}_valid": torch.from_numpy(valid),
         f"{prefix}_groups": torch.from_numpy(
@@ -415,6 +422,11 @@ def set_layout(lengths: np.ndarray, prefix: str) -> dict[str, torch.Tensor]:
             (1.0 / np.maximum(lengths, 1)).astype(np.float32)[:, None]
         ),
     }
+    if tokens is not None:
+        padded = np.zeros(n_rows, dtype=np.int64)
+        padded[pos] = tokens
+        out[f"{prefix}_padded"] = torch.from_numpy(padded)
+    return out
 
 
 def collate(
@@ -467,7 +479,7 @@ def collate(
             tokens = ps.tokens[_ranges(ps.starts[sets], lengths)]
         prefix = PREFIX[kind]
         batch[f"{prefix}_tokens"] = torch.from_numpy(tokens)
-        batch.update(set_layout(lengths, prefix))
+        batch.update(set_layout(lengths, prefix, tokens))
     batch.update(set_layout(np.tile(n_vis, 3), "vis"))
     batch["vis_position"] = torch.from_numpy(
         np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
@@ -529,11 +541,13 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_drop = nn.Dropout(attn_dropout)
 
-    def attend(self, qkv: torch.Tensor, layout: tuple) -> torch.Tensor:
-        """Multi-head attention of every code over the real codes of its own set: [T, 3d] -> [T, d]."""
+    def attend(self, padded: torch.Tensor, layout: tuple) -> torch.Tensor:
+        """Multi-head attention of every code over the real codes of its own set.
+
+        ``padded`` [R, 3d]: q, k, v of the rows of the padded buckets -> [T, d] context per code.
+        """
         pos, valid, groups = layout[0], layout[1], layout[2]
-        d = qkv.shape[1] // 3
-        padded = qkv.new_zeros((valid.shape[0], 3 * d)).index_copy(0, pos, qkv)
+        d = padded.shape[1] // 3
         p_attn = self.attn_drop.p if self.training else 0.0
         parts = []
         for row, n, w in groups.tolist():
@@ -559,12 +573,12 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: tuple) -> torch.Tensor:
         """x [T, d] packed rows; layout (pos, valid, groups, seg, inv) -> [S, d] set means."""
-        seg, inv = layout[3], layout[4]
+        pos, valid, seg, inv = layout[0], layout[1], layout[3], layout[4]
         p, training = self.drop.p, self.training
         qkv = F.linear(self.ln1(x), self.qkv.weight)
-        x = x + dropout(
-            F.linear(self.attend(qkv, layout), self.out.weight, self.out.bias), p, training
-        )
+        padded = qkv.new_zeros((valid.shape[0], qkv.shape[1])).index_copy(0, pos, qkv)
+        ctx = self.attend(padded, layout)
+        x = x + dropout(F.linear(ctx, self.out.weight, self.out.bias), p, training)
         g = F.gelu(F.linear(self.ln2(x), self.ff1.weight, self.ff1.bias), approximate="tanh")
         if not training:
             return segment_mean(x, seg, inv) + F.linear(
@@ -573,6 +587,40 @@ class TransformerBlock(nn.Module):
         g = dropout(g, p, True)
         x = x + dropout(F.linear(g, self.ff2.weight, self.ff2.bias), p, True)
         return segment_mean(dropout(x, p, True), seg, inv)
+
+    def infer(self, residual: torch.Tensor, padded: torch.Tensor, layout: tuple) -> torch.Tensor:
+        """The eval-mode block without autograd, from precomputed inputs: ``residual`` [T, d] =
+        x + the output projection's bias, ``padded`` [R, 3d] = q, k, v of the padded rows."""
+        seg, inv = layout[3], layout[4]
+        ctx = self.attend(padded, layout)
+        x = torch.addmm(residual, ctx, self.out.weight.t())
+        g = linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
+        return segment_mean(x, seg, inv) + F.linear(
+            segment_mean(g, seg, inv), self.ff2.weight, self.ff2.bias
+        )
+
+    def infer_rows(self, x: torch.Tensor, layout: tuple) -> torch.Tensor:
+        """:meth:`infer` from the rows themselves (the visit transformer's continuous inputs)."""
+        pos, valid = layout[0], layout[1]
+        qkv = F.linear(self.ln1(x), self.qkv.weight)
+        padded = qkv.new_zeros((valid.shape[0], qkv.shape[1])).index_copy(0, pos, qkv)
+        return self.infer(x + self.out.bias, padded, layout)
+
+
+_FUSED_LINEAR_GELU = [
+    torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+]
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU(tanh)(x W^T + b) without autograd: oneDNN's fused kernel where PyTorch has it (the
+    stand-alone tanh-GELU of PyTorch's CPU build is several times slower), else the two ops."""
+    if _FUSED_LINEAR_GELU[0] and x.is_cpu and x.dtype == torch.float32:
+        try:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh")
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - builds without it
+            _FUSED_LINEAR_GELU[0] = False
+    return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
 
 def _layout(batch: dict, prefix: str) -> tuple:
@@ -621,12 +669,34 @@ class LeaderStudent(nn.Module):
         if config["align_enabled"]:
             self.x_projector, self.y_projector = nn.Linear(d, d), nn.Linear(d, d)
 
+    def _frozen(self, key: str, params: tuple, make):
+        """A tensor derived from ``params`` only, made once and reused until one of them changes
+        (an optimiser step or a ``load_state_dict`` bumps a parameter's version)."""
+        stamp = tuple((p.data_ptr(), p._version) for p in params)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != stamp:
+            with torch.no_grad():
+                cached = (stamp, make())
+            self._cache[key] = cached
+        return cached[1]
+
+    @property
+    def _cache(self) -> dict:
+        cache = self.__dict__.get("_derived")
+        if cache is None:
+            cache = self.__dict__["_derived"] = {}
+        return cache
+
     def profile_prompt(self, profile: torch.Tensor) -> torch.Tensor:
         """[B, F+1] ids -> [B, d] profile prompt p (or the learned padding vector)."""
         if not self.config["profile_enabled"]:
             return self.profile_pad.expand(profile.shape[0], -1)
         # one lookup in the stacked tables == concatenating the per-field embeddings
-        table = torch.cat([cast(nn.Embedding, emb).weight for emb in self.profile_embeddings])
+        weights = tuple(cast(nn.Embedding, emb).weight for emb in self.profile_embeddings)
+        if torch.is_grad_enabled():
+            table = torch.cat(weights)
+        else:
+            table = self._frozen("profile", weights, lambda: torch.cat(weights))
         parts = F.embedding(profile + cast(torch.Tensor, self.profile_offsets), table)
         return self.profile_proj(parts.reshape(profile.shape[0], -1))
 
@@ -635,9 +705,37 @@ class LeaderStudent(nn.Module):
         tokens = batch[f"{prefix}_tokens"]
         if tokens.shape[0] == 0:
             return self.embedding.weight.new_zeros((0, self.embedding.embedding_dim))
-        return trm(self.embedding(tokens), _layout(batch, prefix))
+        layout = _layout(batch, prefix)
+        if self.training or torch.is_grad_enabled():
+            return trm(self.embedding(tokens), layout)
+        # inference: a set transformer's input is a code embedding, so its first layer norm and
+        # q/k/v projection are a per-code table, computed once per weights
+        emb = self.embedding.weight
+        qkv_table = self._frozen(
+            f"{prefix}_qkv",
+            (emb, trm.ln1.weight, trm.ln1.bias, trm.qkv.weight),
+            lambda: F.linear(trm.ln1(emb), trm.qkv.weight),
+        )
+        residual_table = self._frozen(
+            f"{prefix}_residual", (emb, trm.out.bias), lambda: emb + trm.out.bias
+        )
+        return trm.infer(
+            F.embedding(tokens, residual_table),
+            F.embedding(batch[f"{prefix}_padded"], qkv_table),
+            layout,
+        )
 
     def forward(self, batch: dict) -> dict:
+        """``logits``, ``hidden`` (the head's input to the last layer), ``profile`` (the prompt),
+        ``kd`` (the projected feature, with distillation) and ``target_set`` (the encoded target
+        medication sets, when the batch carries them)."""
+        return self._forward(batch, extras=True)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """Only the logits [B, M] (no distillation projection, no target sets)."""
+        return self._forward(batch, extras=False)["logits"]
+
+    def _forward(self, batch: dict, extras: bool) -> dict:
         d = self.embedding.embedding_dim
         n_batch = batch["profile"].shape[0]
         nv = batch["vis_position"].shape[0]
@@ -659,10 +757,16 @@ class LeaderStudent(nn.Module):
         visits = torch.stack(streams)  # [3, NV, d]
         if self.visit_position is not None:
             visits = visits + self.visit_position(batch["vis_position"])
-        pooled = self.visit_trm(visits.reshape(3 * nv, d), _layout(batch, "vis"))  # [3B, d]
+        rows, vis_layout = visits.reshape(3 * nv, d), _layout(batch, "vis")
+        if self.training or torch.is_grad_enabled():
+            pooled = self.visit_trm(rows, vis_layout)  # [3B, d]
+        else:
+            pooled = self.visit_trm.infer_rows(rows, vis_layout)
         features = pooled.view(3, n_batch, d).transpose(0, 1).reshape(n_batch, 3 * d)
         hidden = F.relu(self.head1(F.relu(features)))
         out = {"logits": self.head2(hidden), "hidden": hidden, "profile": p}
+        if not extras:
+            return out
         if self.projector is not None:
             out["kd"] = self.projector(hidden)
         if "tg_dest" in batch:
@@ -718,13 +822,16 @@ def predict_proba_encoded(
     model: LeaderStudent, enc: EncodedSamples, batch_size: int = 256
 ) -> np.ndarray:
     """Sigmoid probabilities [N, M] in input order (model put in eval mode, no autograd)."""
-    model.eval()
+    if model.training:
+        model.eval()
     n = len(enc.sample_ids)
     out = np.empty((n, model.config["n_medications"]), dtype=np.float32)
-    with torch.inference_mode():
+    # below SMALL_BATCH rows a second intra-op thread costs more in synchronisation than it gains
+    threads = 1 if min(n, batch_size) < SMALL_BATCH else None
+    with torch.inference_mode(), torch_threads(threads):
         for s in range(0, n, batch_size):
             batch = collate(enc, np.arange(s, min(n, s + batch_size)), target_sets=False)
-            out[s : s + batch_size] = torch.sigmoid(model(batch)["logits"]).numpy()
+            out[s : s + batch_size] = torch.sigmoid(model.logits(batch)).numpy()
     return out
 
 

@@ -31,6 +31,7 @@ from mlflow.pyfunc import PythonModel
 
 from leader_kedro.contracts import PROFILE_FIELDS
 from leader_kedro.student.model import StudentBundle, predict_proba_encoded
+from leader_kedro.torch_threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,9 @@ def _as_list(value) -> list:
 
 def _columns(model_input) -> tuple[int, dict[str, list]]:
     """The input's columns as plain lists (one column access each, no per-row pandas work)."""
-    if isinstance(model_input, pd.DataFrame):
-        n = len(model_input)
-        return n, {c: model_input[c].tolist() for c in model_input.columns}
-    frame = pd.DataFrame(model_input)
-    return len(frame), {c: frame[c].tolist() for c in frame.columns}
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    values = frame.to_numpy(dtype=object)  # one conversion, then plain Python lists per column
+    return len(frame), dict(zip(frame.columns, values.T.tolist(), strict=True))
 
 
 def parse_records(model_input) -> dict:
@@ -130,14 +129,22 @@ def records_to_samples(model_input: pd.DataFrame) -> pd.DataFrame:
 
 def rank_predictions(probs: np.ndarray, vocab: dict, code_names: dict, top_k) -> pd.DataFrame:
     """Long table of the top-k medications per row (all when k <= 0)."""
-    meds = np.asarray(list(vocab["medication"]), dtype=object)
+    meds, names = _label_arrays(vocab, code_names)
+    return _rank(probs, meds, names, top_k)
+
+
+def _label_arrays(vocab: dict, code_names: dict | None):
+    """The medication codes and names as string arrays, to be indexed without a Python loop."""
+    meds = list(vocab["medication"])
     names = (code_names or {}).get("medication", {})
-    return _rank(
-        probs, meds, np.asarray([str(names.get(m, "")) for m in meds], dtype=object), top_k
+    dtype = pd.Series(["x"]).dtype  # what a column of Python strings becomes in this pandas
+    return (
+        pd.array(meds, dtype=dtype),
+        pd.array([str(names.get(m, "")) for m in meds], dtype=dtype),
     )
 
 
-def _rank(probs: np.ndarray, meds: np.ndarray, names: np.ndarray, top_k) -> pd.DataFrame:
+def _rank(probs: np.ndarray, meds, names, top_k) -> pd.DataFrame:
     n, m = probs.shape
     k = np.asarray([int(t) if t and t > 0 else m for t in top_k], dtype=np.int64)
     k = np.minimum(k, m)
@@ -148,20 +155,23 @@ def _rank(probs: np.ndarray, meds: np.ndarray, names: np.ndarray, top_k) -> pd.D
         {
             "row": rows.astype(np.int64),
             "rank": (ranks + 1).astype(np.int64),
-            "atc3": meds[cols],
-            "name": names[cols],
+            "atc3": meds.take(cols),
+            "name": names.take(cols),
             "probability": probs[rows, cols].astype(np.float64),
         },
         columns=OUTPUT_COLUMNS,
+        copy=False,
     )
 
 
 class LeaderStudentPyfunc(PythonModel):
     """MLflow pyfunc: patient records in, ranked ATC-3 codes with names and probabilities out."""
 
-    def __init__(self, top_k: int = 10, batch_size: int = 256):
+    def __init__(self, top_k: int = 10, batch_size: int = 256, num_threads: int | None = None):
         self.top_k = int(top_k)
         self.batch_size = int(batch_size)
+        # None: one thread below model.SMALL_BATCH rows, else the process setting
+        self.num_threads = num_threads
         self.bundle: StudentBundle | None = None
 
     def load_context(self, context) -> None:
@@ -175,12 +185,10 @@ class LeaderStudentPyfunc(PythonModel):
         state.pop("_lookup", None)
         return state
 
-    def _tables(self, bundle: StudentBundle) -> tuple[np.ndarray, np.ndarray]:
+    def _tables(self, bundle: StudentBundle):
         cached = getattr(self, "_lookup", None)
         if cached is None or cached[0] is not bundle:
-            meds = np.asarray(list(bundle.vocab["medication"]), dtype=object)
-            names = (bundle.code_names or {}).get("medication", {})
-            cached = (bundle, meds, np.asarray([str(names.get(x, "")) for x in meds], dtype=object))
+            cached = (bundle, *_label_arrays(bundle.vocab, bundle.code_names))
             self._lookup = cached
         return cached[1], cached[2]
 
@@ -202,7 +210,8 @@ class LeaderStudentPyfunc(PythonModel):
             parsed["ages"],
             where="leader-student input row",
         )
-        probs = predict_proba_encoded(bundle.module, enc, self.batch_size)
+        with torch_threads(getattr(self, "num_threads", None)):
+            probs = predict_proba_encoded(bundle.module, enc, self.batch_size)
         top_k = parsed["top_k"]
         top_k = (
             [self.top_k if _is_missing(v) else int(v) for v in top_k]
@@ -213,15 +222,10 @@ class LeaderStudentPyfunc(PythonModel):
         return _rank(probs, meds, names, top_k)
 
 
-def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
-    """A serving input built from contract samples: a no-history patient first, then multi-visit ones."""
-    if len(samples) == 0:
-        raise ValueError("cannot build an MLflow input example from an empty samples table")
-    n_past = samples["medications"].map(len)
-    order = list(samples.index[n_past == 0][:1]) + list(samples.index[n_past > 0][: n - 1])
-    order = order or list(samples.index[:n])
+def serving_records(samples: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
+    """Contract samples as serving input rows (what a client sends), in the samples' order."""
     rows = []
-    for i in order:
+    for i in samples.index:
         rec = samples.loc[i]
         row: dict[str, Any] = {
             c: [list(map(str, v)) for v in rec[c]]
@@ -233,10 +237,21 @@ def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
                 row[col] = float(value) if value is not None and value == value else float("nan")
             else:
                 row[col] = "unknown" if value is None or value != value else str(value)
-        row["top_k"] = 5
+        if top_k is not None:
+            row["top_k"] = top_k
         rows.append(row)
-    # a first-visit row has medications == []; keep at least one non-empty row for type inference
     return pd.DataFrame(rows)
+
+
+def serving_example(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """A serving input built from contract samples: a no-history patient first, then multi-visit ones."""
+    if len(samples) == 0:
+        raise ValueError("cannot build an MLflow input example from an empty samples table")
+    n_past = samples["medications"].map(len)
+    order = list(samples.index[n_past == 0][:1]) + list(samples.index[n_past > 0][: n - 1])
+    order = order or list(samples.index[:n])
+    # a first-visit row has medications == []; keep at least one non-empty row for type inference
+    return serving_records(samples.loc[order], top_k=5)
 
 
 def _optional_profile(signature):

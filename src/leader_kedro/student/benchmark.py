@@ -1,0 +1,393 @@
+"""``python -m leader_kedro.bench student``: the student's training and inference speed.
+
+Before and after, side by side in one process on the same data and the same weights: "before" is
+``student/legacy.py`` (the student as it was before issue 10), "after" the current code.
+
+- training: samples/s of the training loop (batching, forward, backward, Adam; no validation) of
+  one student on one thread, and of ``--workers`` students trained side by side
+  (:func:`training.train_students`, whole pool wall time, validation and start-up included);
+- inference, through the paths a user takes, with :func:`evaluation.efficiency.measure_one` (the
+  code of the evaluate stage's efficiency table): latency p50/p95 at batch 1 and throughput at
+  batches 1, 32 and 256 (test samples cycled to fill a batch of 256) of
+
+  - ``module``: sample rows -> probabilities (``StudentBundle.predict_proba``),
+  - ``pyfunc``: patient records -> ranked ATC-3 classes (the registered model's own ``predict``),
+  - ``mlflow``: ``mlflow.pyfunc`` model saved and loaded back: its ``predict`` checks the input
+    against the signature first, as ``models:/leader-student`` does.
+
+Data: ``samples_{train,val,test}``, ``vocab``, ``code_names`` and (when present)
+``teacher_features_train`` from the project's catalog; without the features the KD student trains
+on random features of the teacher's width (the speed does not depend on their values). Figures
+are printed (and written with ``--json``), never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _load_inputs(env: str | None) -> dict[str, Any]:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+    from kedro.utils import find_kedro_project
+
+    root = find_kedro_project(Path.cwd()) or Path(__file__).resolve().parents[3]
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env=env) as session:
+        context = session.load_context()  # type: ignore[attr-defined]
+        catalog = context.catalog
+        names = ("samples_train", "samples_val", "samples_test", "vocab", "code_names")
+        missing = [name for name in names if not catalog.exists(name)]
+        if missing:
+            raise SystemExit(
+                f"the student benchmark needs {missing}: run `kedro run --pipeline=ingest` first"
+            )
+        data = {name: catalog.load(name) for name in names}
+        data["teacher_features"] = (
+            catalog.load("teacher_features_train")
+            if catalog.exists("teacher_features_train")
+            else None
+        )
+        data["params"] = context.params.get("distill") or {}
+    return data
+
+
+def _features(data: dict, width: int) -> tuple[dict, str]:
+    if data["teacher_features"] is not None:
+        return data["teacher_features"], "teacher_features_train"
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = [str(s) for s in data["samples_train"]["sample_id"]]
+    hidden = torch.randn(len(ids), width, generator=gen).to(torch.float16)
+    return {"sample_ids": ids, "hidden": hidden}, f"random features of width {width}"
+
+
+# ------------------------------------------------------------------------------------ training
+def training_after(cfg, data: dict, features: dict, epochs: int, workers: int) -> dict[str, Any]:
+    """Samples/s of the current training loop: one student in-process, then ``workers`` side by
+    side (aggregate over the pool's wall time)."""
+    from leader_kedro.student.training import fit, prepare, train_students
+
+    tr = replace(cfg.training, max_epochs=epochs, patience=epochs + 1, progress=False)
+    cfg = replace(cfg, training=tr)
+    prepared = prepare(
+        cfg, data["samples_train"], data["samples_val"], data["vocab"], features, None
+    )
+    n = len(prepared.train)
+    _, info = fit(cfg, prepared, "main")
+    out: dict[str, Any] = {
+        "epochs": epochs,
+        "train_samples": n,
+        "samples_per_s": info["train_samples_per_second"],
+        "samples_per_s_with_validation": round(n * epochs / info["train_seconds"], 1),
+    }
+    if workers > 1:
+        pool_cfg = replace(cfg, training=replace(tr, workers=workers, n_seeds=workers))
+        t0 = time.perf_counter()
+        runs = train_students(pool_cfg, prepared, variants=("main",))
+        wall = time.perf_counter() - t0
+        out["side_by_side"] = {
+            "workers": workers,
+            "per_student_samples_per_s": [r.info["train_samples_per_second"] for r in runs],
+            "aggregate_samples_per_s": round(n * epochs * len(runs) / wall, 1),
+            "wall_s": round(wall, 2),
+        }
+    return out
+
+
+def training_before(model_cfg: dict, data: dict, features: dict, epochs: int) -> dict[str, Any]:
+    """Samples/s of the pre-issue-10 training loop (collate per batch), one thread."""
+    import torch
+
+    from leader_kedro.contracts import aligned_teacher_features
+    from leader_kedro.student import legacy
+    from leader_kedro.torch_threads import torch_threads
+
+    samples = data["samples_train"]
+    enc = legacy.encode_samples(
+        samples, data["vocab"], model_cfg["max_visits"], model_cfg["max_codes"]
+    )
+    hidden = aligned_teacher_features(features, [str(s) for s in samples["sample_id"]])
+    torch.manual_seed(0)
+    module = legacy.LeaderStudent(model_cfg)
+    with torch_threads(1):
+        seconds = legacy.train_epochs(module, enc, hidden, epochs)
+    return {
+        "epochs": epochs,
+        "train_samples": len(samples),
+        "samples_per_s": round(len(samples) * epochs / seconds, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------- inference
+def signature_of(bundle, example: pd.DataFrame):
+    """The served model's signature (profile fields and top_k optional), as registration logs it."""
+    from mlflow.models import infer_signature
+
+    from leader_kedro.student.serving import LeaderStudentPyfunc, _optional_profile
+
+    reference = LeaderStudentPyfunc(top_k=10)
+    reference.bundle = bundle
+    return _optional_profile(infer_signature(example, reference.predict(None, example)))
+
+
+def _saved_pyfunc(python_model, bundle, signature, where: Path):
+    """``mlflow.pyfunc.save_model`` + ``load_model``: the served model with its input check."""
+    import mlflow
+
+    from leader_kedro.student.model import save_bundle
+
+    artifacts = where / "artifacts" / "student_model"
+    save_bundle(bundle, artifacts)
+    path = where / "model"
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=python_model,
+        artifacts={"student_model": str(artifacts)},
+        signature=signature,
+    )
+    return mlflow.pyfunc.load_model(str(path))
+
+
+def inference(
+    bundle,
+    samples: pd.DataFrame,
+    implementation: str,
+    batch_sizes: Sequence[int],
+    latency_samples: int,
+    throughput_samples: int,
+    min_seconds: float,
+    workdir: Path,
+    signature=None,
+) -> dict[str, Any]:
+    """Latency and throughput of the module, pyfunc and MLflow paths of one implementation."""
+    import torch
+
+    from leader_kedro.evaluation.efficiency import measure_one, student_predictors
+    from leader_kedro.student import legacy
+    from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
+
+    records = serving_records(samples)
+    n = len(samples)
+    if implementation == "after":
+        paths = student_predictors(bundle, samples)
+        python_model: Any = LeaderStudentPyfunc(top_k=10)
+    else:
+        module, vocab, names, config = bundle.module, bundle.vocab, bundle.code_names, bundle.config
+        paths = {
+            "module": lambda idx, bs: legacy.predict_proba(
+                module, vocab, config, samples.iloc[idx], batch_size=bs
+            ),
+            "pyfunc": lambda idx, bs: [
+                legacy.pyfunc_predict(module, vocab, names, config, records.iloc[idx[s : s + bs]])
+                for s in range(0, len(idx), bs)
+            ],
+        }
+        python_model = legacy.LegacyPyfunc(top_k=10)
+    if signature is not None:
+        served = _saved_pyfunc(python_model, bundle, signature, workdir)
+        paths["mlflow"] = lambda idx, bs: [
+            served.predict(records.iloc[idx[s : s + bs]]) for s in range(0, len(idx), bs)
+        ]
+    out = {}
+    for name, predict in paths.items():
+        with torch.inference_mode() if name == "module" else nullcontext():
+            out[name] = measure_one(
+                f"{implementation}:{name}",
+                predict,
+                bundle.n_parameters,
+                "cpu",
+                n,
+                batch_sizes,
+                latency_samples,
+                throughput_samples,
+                warmup=3,
+                cycle=True,
+                min_seconds=min_seconds,
+                memory=False,
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------- main
+def _table(result: dict[str, Any]) -> str:
+    before, after = result.get("before", {}), result["after"]
+
+    def fmt(v, digits=1):
+        return "n/a" if v is None else f"{v:,.{digits}f}"
+
+    def ratio(b, a, higher_is_better=True):
+        if a is None or b is None or a == 0 or b == 0:
+            return ""
+        return f"{(a / b) if higher_is_better else (b / a):.1f}x"
+
+    rows = []
+    tb, ta = before.get("training", {}), after["training"]
+    rows.append(
+        (
+            "training samples/s (1 student, 1 thread)",
+            fmt(tb.get("samples_per_s")),
+            fmt(ta["samples_per_s"]),
+            ratio(tb.get("samples_per_s"), ta["samples_per_s"]),
+        )
+    )
+    side = ta.get("side_by_side")
+    if side:
+        rows.append(
+            (
+                f"training samples/s ({side['workers']} students side by side, aggregate)",
+                "",
+                fmt(side["aggregate_samples_per_s"]),
+                ratio(tb.get("samples_per_s"), side["aggregate_samples_per_s"]),
+            )
+        )
+    for path in ("module", "pyfunc", "mlflow"):
+        if path not in after["inference"]:
+            continue
+        a = after["inference"][path]
+        b = (before.get("inference") or {}).get(path, {})
+        for key, label in (("latency_ms_p50", "p50"), ("latency_ms_p95", "p95")):
+            rows.append(
+                (
+                    f"{path}: latency {label} (ms, batch 1)",
+                    fmt(b.get(key), 3),
+                    fmt(a[key], 3),
+                    ratio(b.get(key), a[key], higher_is_better=False),
+                )
+            )
+        for bs, value in a["throughput"].items():
+            old = (b.get("throughput") or {}).get(bs)
+            rows.append(
+                (
+                    f"{path}: throughput (samples/s, batch {bs})",
+                    fmt(old),
+                    fmt(value),
+                    ratio(old, value),
+                )
+            )
+    head = ("", "before", "after", "speed-up")
+    widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(4)]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m leader_kedro.bench student",
+        description="The student's training and inference speed, before (student/legacy.py) and "
+        "after, side by side.",
+    )
+    parser.add_argument("--env", default=None, help="Kedro environment (default: the project's)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs timed per student")
+    parser.add_argument("--workers", type=int, default=2, help="students trained side by side")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--latency-samples", type=int, default=64)
+    parser.add_argument("--throughput-samples", type=int, default=256)
+    parser.add_argument("--min-seconds", type=float, default=0.5, help="per throughput figure")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument("--no-before", action="store_true", help="skip the legacy student")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow.pyfunc path")
+    parser.add_argument("--json", default=None, help="also write the result to this JSON file")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+
+    import torch
+
+    from leader_kedro.student import legacy
+    from leader_kedro.student.model import LeaderStudent, StudentBundle
+    from leader_kedro.student.training import distill_config, model_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = _load_inputs(args.env)
+    cfg = distill_config(data["params"])
+    width = 384
+    features, features_from = _features(data, width)
+    width = int(features["hidden"].shape[1])
+    load_before = os.getloadavg()
+    started = datetime.now(UTC)
+    result: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "features": features_from,
+        "samples": {k: len(data[f"samples_{k}"]) for k in ("train", "val", "test")},
+    }
+    print(
+        f"student benchmark {result['date']}: {result['samples']} samples, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} intra-op threads, load average "
+        f"{load_before[0]:.2f}",
+        flush=True,
+    )
+    result["after"] = {"training": training_after(cfg, data, features, args.epochs, args.workers)}
+    print(f"after, training: {result['after']['training']}", flush=True)
+    mcfg = model_config(cfg, data["vocab"], width)
+    if not args.no_before:
+        result["before"] = {"training": training_before(mcfg, data, features, args.epochs)}
+        print(f"before, training: {result['before']['training']}", flush=True)
+    # one set of weights for both implementations (their parameter names are the same)
+    torch.manual_seed(0)
+    reference = legacy.LeaderStudent(mcfg).eval()
+    current = LeaderStudent(mcfg)
+    current.load_state_dict(reference.state_dict())
+    implementations = {"after": StudentBundle(current, mcfg, data["vocab"], data["code_names"])}
+    if not args.no_before:
+        implementations["before"] = StudentBundle(current, mcfg, data["vocab"], data["code_names"])
+        implementations["before"].module = reference  # type: ignore[assignment]
+    samples = data["samples_test"].reset_index(drop=True)
+    signature = None
+    if not args.no_mlflow:
+        from leader_kedro.student.serving import serving_example
+
+        signature = signature_of(implementations["after"], serving_example(samples))
+    with tempfile.TemporaryDirectory(prefix="bench_student_") as tmp:
+        for name, bundle in implementations.items():
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            result.setdefault(name, {})["inference"] = inference(
+                bundle,
+                samples,
+                name,
+                args.batch_sizes,
+                args.latency_samples,
+                args.throughput_samples,
+                args.min_seconds,
+                workdir,
+                signature,
+            )
+            print(f"{name}, inference: done", flush=True)
+    load_after = os.getloadavg()
+    result["load_average"] = {"before": list(load_before), "after": list(load_after)}
+    result["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    print(_table(result))
+    print(
+        f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
+        f"{tuple(round(x, 2) for x in load_after)}; {result['seconds']} s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+        print(f"written {args.json}")
+    return 0
+
+
+__all__ = ["inference", "main", "training_after", "training_before"]

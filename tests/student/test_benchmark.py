@@ -1,0 +1,65 @@
+"""``python -m leader_kedro.bench student`` pieces on a tiny cohort: they run and report figures
+for both implementations (the figures themselves are never asserted)."""
+
+import pytest
+import torch
+from tiny_cohort import make_tiny_cohort
+
+from leader_kedro.student import benchmark, legacy
+from leader_kedro.student.model import LeaderStudent, StudentBundle
+from leader_kedro.student.training import distill_config, model_config
+
+PARAMS = {
+    "model": {"hidden_size": 16, "n_heads": 2, "intermediate_size": 32},
+    "training": {"batch_size": 16, "seed": 1, "progress": False, "workers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    cohort = make_tiny_cohort(50, seed=4)
+    data = {
+        "samples_train": cohort["samples_train"],
+        "samples_val": cohort["samples_val"],
+        "samples_test": cohort["samples_test"],
+        "vocab": cohort["vocab"],
+        "code_names": cohort["code_names"],
+        "teacher_features": None,
+    }
+    return data
+
+
+def test_training_figures_before_and_after(data):
+    cfg = distill_config(PARAMS)
+    features, source = benchmark._features(data, 12)
+    assert source == "random features of width 12"
+    after = benchmark.training_after(cfg, data, features, epochs=1, workers=2)
+    assert after["samples_per_s"] > 0 and after["train_samples"] == len(data["samples_train"])
+    assert after["side_by_side"]["workers"] == 2
+    assert len(after["side_by_side"]["per_student_samples_per_s"]) == 2
+    before = benchmark.training_before(model_config(cfg, data["vocab"], 12), data, features, 1)
+    assert before["samples_per_s"] > 0
+
+
+def test_inference_figures_for_both_implementations_and_the_table(data, tmp_path):
+    cfg = model_config(distill_config(PARAMS), data["vocab"], 12)
+    torch.manual_seed(0)
+    old = legacy.LeaderStudent(cfg).eval()
+    new = LeaderStudent(cfg)
+    new.load_state_dict(old.state_dict())
+    after = StudentBundle(new, cfg, data["vocab"], data["code_names"])
+    before = StudentBundle(new, cfg, data["vocab"], data["code_names"])
+    before.module = old
+    samples = data["samples_test"].reset_index(drop=True)
+    result = {"after": {"training": {"samples_per_s": 2.0}}, "before": {"training": {}}}
+    for name, bundle in (("after", after), ("before", before)):
+        (tmp_path / name).mkdir()
+        figures = benchmark.inference(
+            bundle, samples, name, (1, 4), 3, 8, 0.0, tmp_path / name, signature=None
+        )
+        assert set(figures) == {"module", "pyfunc"}
+        for path in figures.values():
+            assert path["latency_ms_p50"] > 0 and set(path["throughput"]) == {"1", "4"}
+        result[name]["inference"] = figures
+    table = benchmark._table(result)
+    assert "pyfunc: latency p50 (ms, batch 1)" in table and "speed-up" in table
