@@ -81,3 +81,16 @@ def test_distributed_parameters_are_checked():
     with pytest.raises(ParameterError, match="accelerate_config"):
         DistributedConfig(accelerate_config="fsdp.yaml")
     assert not DistributedConfig().enabled and DistributedConfig(processes=2).enabled
+
+
+def test_accelerate_is_refused_without_gpus(tmp_path):
+    """`accelerate launch --cpu` would start one process, not two: on CPU, torchrun is the way."""
+    import torch
+
+    from leader_kedro.contracts import ParameterError
+    from leader_kedro.teacher.distributed import launch
+
+    if torch.cuda.is_available():
+        pytest.skip("GPUs present: accelerate is a valid launcher here")
+    with pytest.raises(ParameterError, match="torchrun"):
+        launch("encode", tmp_path, DistributedConfig(processes=2, launcher="accelerate"))

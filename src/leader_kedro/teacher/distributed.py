@@ -104,13 +104,19 @@ def launch(task: str, folder: Path, cfg: DistributedConfig) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd += [f"--nproc_per_node={n}", *worker]
     else:
+        import torch
+
+        if not torch.cuda.is_available():
+            # `accelerate launch --cpu` starts ONE process (several only through MPI)
+            raise ParameterError(
+                f"{task_parameter(task)}.launcher: accelerate needs GPUs (on CPU it would run a "
+                "single process); use launcher: torchrun with backend: gloo on CPU"
+            )
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
         if cfg.accelerate_config:
             cmd += ["--config_file", str(cfg.accelerate_config)]
         else:
-            import torch
-
-            cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+            cmd += ["--multi_gpu"]
         cmd += worker
     env = {**os.environ, WORKER_ENV: "1", BACKEND_ENV: resolve_backend(cfg.backend)}
     logger.info("teacher %s on %d processes: %s", task, n, " ".join(cmd))
@@ -195,6 +201,11 @@ def _train_worker(folder: Path) -> None:
     )
     rank, _, _ = world()
     if rank == 0:  # one writer
+        # rebuilt from the best checkpoint (whole tensors): under FSDP/DeepSpeed this rank's model
+        # is sharded; under DDP the two are the same weights
+        bundle = training.bundle_from_checkpoint(
+            spec["params"], spec["medications"], int(spec["seed"]), history
+        )
         result = folder / "result"
         result.mkdir()
         save_teacher(bundle, result / "teacher")

@@ -78,7 +78,16 @@ class TeacherTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        tensors = {k: v.float().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+        if state_dict is None:
+            trainable = model.trainable_state_dict()
+        else:  # FSDP / DeepSpeed: the Trainer gathered whole tensors; keep the trainable ones
+            names = {
+                n.replace("_fsdp_wrapped_module.", "")
+                for n, p in model.named_parameters()
+                if p.requires_grad
+            }
+            trainable = {k: v for k, v in state_dict.items() if k in names}
+        tensors = {k: v.float().cpu().contiguous() for k, v in trainable.items()}
         save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 

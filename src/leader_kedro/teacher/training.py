@@ -433,6 +433,44 @@ def train_teacher(
     }
 
 
+def bundle_from_checkpoint(
+    params: TeacherConfig | Mapping[str, Any] | None,
+    medications: list[str],
+    seed: int,
+    history: dict,
+) -> TeacherBundle:
+    """The trained teacher rebuilt in this process from the run's best checkpoint.
+
+    Used by rank 0 after a distributed run: under FSDP or DeepSpeed its own model is sharded,
+    while the checkpoint holds whole tensors. A fresh, unsharded model (same seed, so the same
+    frozen backbone and LoRA layout) gets the checkpoint's trainable tensors.
+    """
+    from safetensors.torch import load_file
+
+    cfg = resolve_params(params)
+    summary = history["summary"]
+    best = summary.get("best_checkpoint")
+    if not best or not checkpoint_is_complete(best):
+        raise ValueError(f"the distributed teacher run left no complete best checkpoint ({best})")
+    model, tokenizer, config = _build_model(cfg, medications, seed)
+    current = model.state_dict()
+    state = load_file(str(Path(best) / TRAINABLE_FILE))
+    unknown = sorted(set(state) - set(current))
+    if unknown:
+        raise ValueError(f"checkpoint {best} does not match the model: {unknown[:3]}")
+    with _no_grad():
+        for name, tensor in state.items():
+            current[name].copy_(tensor.to(current[name].dtype))
+    config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
+    return TeacherBundle(model, tokenizer, config)
+
+
+def _no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
 def _subsample(
     prompts: pd.DataFrame, samples: pd.DataFrame, cfg: TeacherConfig, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
