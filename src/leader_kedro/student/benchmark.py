@@ -294,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--env", default=None, help="Kedro environment (default: the project's)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs timed per student")
-    parser.add_argument("--workers", type=int, default=2, help="students trained side by side")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="students trained side by side (one per core)"
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--latency-samples", type=int, default=64)
     parser.add_argument("--throughput-samples", type=int, default=256)

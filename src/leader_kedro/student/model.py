@@ -387,7 +387,8 @@ def set_layout(
     """How the packed codes of sets with ``lengths`` (>= 1) map onto padded attention buckets.
 
     ``{prefix}_pos`` [T]: row of each code in the padded buffer; ``{prefix}_valid`` [R]: which rows
-    are real; ``{prefix}_groups`` [G, 3]: (first row, sets, width) of each bucket;
+    are real (``{prefix}_bias`` [R]: 0 there, -inf elsewhere, the attention's additive mask);
+    ``{prefix}_groups`` [G, 3]: (first row, sets, width) of each bucket;
     ``{prefix}_seg`` [T]: set of each code; ``{prefix}_inv`` [S, 1]: 1 / set length; with
     ``tokens`` [T], ``{prefix}_padded`` [R]: the token of each padded row (pad rows: token 0,
     any finite values do: they are masked keys and discarded queries).
@@ -421,6 +422,7 @@ def set_layout(
         f"{prefix}_inv": torch.from_numpy(
             (1.0 / np.maximum(lengths, 1)).astype(np.float32)[:, None]
         ),
+        f"{prefix}_bias": torch.from_numpy(np.where(valid, 0.0, -np.inf).astype(np.float32)),
     }
     if tokens is not None:
         padded = np.zeros(n_rows, dtype=np.int64)
@@ -496,8 +498,8 @@ def collate(
 # Model
 # --------------------------------------------------------------------------------------------
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout with a uniform mask (3-4x faster on CPU than the Bernoulli kernel of
-    ``F.dropout``; same distribution, drawn from torch's global generator)."""
+    """Inverted dropout with a uniform mask: the distribution of ``F.dropout``, whose Bernoulli
+    kernel is 3-4x slower on CPU; drawn from torch's global generator (seeded by the training)."""
     if not training or p <= 0.0:
         return x
     return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
@@ -555,24 +557,30 @@ class TransformerBlock(nn.Module):
             if w == 1:  # one code: softmax over one key is 1, the context is its value
                 v = rows[:, 2 * d :]
                 if p_attn:  # the dropped attention weight: one draw per set and head
-                    keep = torch.rand((n, self.h, 1), dtype=v.dtype, device=v.device)
-                    keep = keep.ge_(p_attn).mul_(1.0 / (1.0 - p_attn))
+                    keep = dropout(v.new_ones((n, self.h, 1)), p_attn, True)
                     v = (v.view(n, self.h, self.dk) * keep).view(n, d)
                 parts.append(v)
                 continue
             q, k, v = rows.view(n, w, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
-            mask = valid[row : row + n * w].view(n, 1, 1, w)
             if p_attn:  # the fused kernel would fall back to its slow path to drop weights
-                scores = (q @ k.transpose(-1, -2)).mul_(self.dk**-0.5)
-                scores = scores.masked_fill(~mask, float("-inf"))
-                ctx = dropout(torch.softmax(scores, dim=-1), p_attn, True) @ v
+                nh = n * self.h
+                bias = layout[5][row : row + n * w].view(n, 1, 1, w).expand(n, self.h, 1, w)
+                scores = torch.baddbmm(
+                    bias.reshape(nh, 1, w),
+                    q.reshape(nh, w, self.dk),
+                    k.reshape(nh, w, self.dk).transpose(1, 2),
+                    alpha=self.dk**-0.5,
+                )
+                attn = dropout(torch.softmax(scores, dim=-1), p_attn, True)
+                ctx = torch.bmm(attn, v.reshape(nh, w, self.dk)).view(n, self.h, w, self.dk)
             else:
+                mask = valid[row : row + n * w].view(n, 1, 1, w)
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             parts.append(ctx.transpose(1, 2).reshape(n * w, d))
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, pos)
 
     def forward(self, x: torch.Tensor, layout: tuple) -> torch.Tensor:
-        """x [T, d] packed rows; layout (pos, valid, groups, seg, inv) -> [S, d] set means."""
+        """x [T, d] packed rows; layout (pos, valid, groups, seg, inv, bias) -> [S, d] set means."""
         pos, valid, seg, inv = layout[0], layout[1], layout[3], layout[4]
         p, training = self.drop.p, self.training
         qkv = F.linear(self.ln1(x), self.qkv.weight)
@@ -624,7 +632,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 
 def _layout(batch: dict, prefix: str) -> tuple:
-    return tuple(batch[f"{prefix}_{k}"] for k in ("pos", "valid", "groups", "seg", "inv"))
+    return tuple(batch[f"{prefix}_{k}"] for k in ("pos", "valid", "groups", "seg", "inv", "bias"))
 
 
 class LeaderStudent(nn.Module):
@@ -679,6 +687,10 @@ class LeaderStudent(nn.Module):
                 cached = (stamp, make())
             self._cache[key] = cached
         return cached[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__["_derived"] = {}  # tables derived from the weights are made afresh
+        return super().train(mode)
 
     @property
     def _cache(self) -> dict:

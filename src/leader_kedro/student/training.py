@@ -85,7 +85,7 @@ class TrainingConfig:
     patience: int = 3
     seed: int = 42
     n_seeds: int = 1
-    workers: int = 2
+    workers: int | None = None
     num_threads: int | None = 1
     progress: bool = True
 
@@ -125,7 +125,8 @@ class DistillConfig:
                 "distill.training.batch_size and distill.training.max_epochs must be >= 1, got "
                 f"{self.training.batch_size} and {self.training.max_epochs}"
             )
-        if self.training.n_seeds < 1 or self.training.workers < 1:
+        workers = self.training.workers
+        if self.training.n_seeds < 1 or (workers is not None and workers < 1):
             raise ParameterError(
                 "distill.training.n_seeds and distill.training.workers must be >= 1, got "
                 f"{self.training.n_seeds} and {self.training.workers}"
@@ -433,6 +434,13 @@ def _worker_job(job: tuple[str, int]) -> tuple[str, int, dict, dict, np.ndarray,
     return variant, seed, state, done.info, done.val_probs, done.test_probs
 
 
+def default_workers() -> int:
+    """One process per CPU core, plus one: jobs of equal length (the students of one run) then
+    share the cores at the end instead of one of them running alone (3 on 2 cores: the three
+    variants of a seed finish together)."""
+    return (os.cpu_count() or 1) + 1
+
+
 def _start_method(threads: int | None) -> str:
     """``fork`` (no re-import) when each worker uses one thread; a forked child that opens an
     OpenMP thread pool its parent already used can hang, so more threads use ``spawn``."""
@@ -454,7 +462,7 @@ def train_students(
     variants = tuple(variants or cfg.variants)
     seeds = tuple(seeds or cfg.training.seeds)
     jobs = [(v, s) for v in variants for s in seeds]
-    workers = min(cfg.training.workers, len(jobs))
+    workers = min(cfg.training.workers or default_workers(), len(jobs))
     if workers <= 1:
         return [_job(cfg, prepared, v, s) for v, s in jobs]
     import multiprocessing as mp
