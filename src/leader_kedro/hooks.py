@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,7 +89,11 @@ class DamagedArtifactHook:
             pending, self._loading = list(self._loading), []
         if not pending or isinstance(error, USER_ERRORS):
             return
-        name = next((n for n in pending if f"'{n}'" in str(error)), pending[0])
+        # several loads pending (async loading): the one the error names
+        text = str(error)
+        name = next(
+            (n for n in pending if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text)), pending[0]
+        )
         raise DamagedArtifactError(damaged_message(name, error, catalog)) from error
 
 
