@@ -26,8 +26,8 @@ tests/student/test_equivalence.py checks 1e-5 on the same weights and samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any, cast
 
 import numpy as np
@@ -129,7 +129,7 @@ class PackedSets:
     sample_count: np.ndarray  # [N] number of sets of each sample
 
     @classmethod
-    def build(cls, tokens: list[int], lengths: list[int], slots: list[int], counts: list[int]):
+    def build(cls, tokens, lengths, slots, counts) -> PackedSets:
         lens = np.asarray(lengths, dtype=np.int64)
         cnt = np.asarray(counts, dtype=np.int64)
         return cls(
@@ -171,38 +171,41 @@ class EncodedSamples:
         return out
 
 
-def _age_bin(age, edges: Sequence[float] | np.ndarray) -> int:
-    if age is None or (isinstance(age, float) and math.isnan(age)):
-        return 0
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        return 0
-    if math.isnan(value):
-        return 0
-    return int(np.searchsorted(np.asarray(edges, dtype=float), value, side="right")) + 1
-
-
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 class SampleEncoder:
-    """Maps visits to token ids with the vocabulary's lookup tables, built once per model."""
+    """Maps visits to token ids with the vocabulary's lookup tables, built once per model.
+
+    The per-sample work is a Python loop over visits only; the codes themselves are looked up,
+    counted, cut and packed with vectorised pandas/numpy operations.
+    """
+
+    KINDS = {"diagnoses": "diagnosis", "procedures": "procedure", "medications": "medication"}
 
     def __init__(self, vocab: dict, max_visits: int = 10, max_codes: int = 100):
         if max_visits < 1 or max_codes < 1:
             raise ValueError(f"max_visits ({max_visits}) and max_codes ({max_codes}) must be >= 1")
         self.max_visits, self.max_codes = int(max_visits), int(max_codes)
-        tok = {t: i for i, t in enumerate(vocab["tokens"])}
+        codes: dict[str, list[str]] = {"D_": [], "P_": [], "M_": []}
+        ids: dict[str, list[int]] = {"D_": [], "P_": [], "M_": []}
+        for i, t in enumerate(vocab["tokens"]):
+            if t[:2] in codes:
+                codes[t[:2]].append(t[2:])
+                ids[t[:2]].append(i)
         self.lookup = {
-            kind: {t[len(prefix) :]: i for t, i in tok.items() if t.startswith(prefix)}
+            kind: (pd.Index(codes[prefix], dtype=object), np.asarray(ids[prefix], dtype=np.int64))
             for kind, prefix in (("diagnosis", "D_"), ("procedure", "P_"), ("medication", "M_"))
         }
-        self.med_index = {m: i for i, m in enumerate(vocab["medication"])}
-        self.n_medications = len(self.med_index)
+        meds = list(vocab["medication"])
+        self.n_medications = len(meds)
+        self.med_index = pd.Index(meds, dtype=object)
+        # the M_ token of each medication column (-1: a medication without a token)
+        token_of = dict(zip(codes["M_"], ids["M_"], strict=True))
+        self.med_token = np.asarray([token_of.get(m, -1) for m in meds], dtype=np.int64)
         self.fields = list(vocab["profile"])
-        self.field_index = [{v: i for i, v in enumerate(vocab["profile"][f])} for f in self.fields]
+        self.field_index = [pd.Index(list(vocab["profile"][f]), dtype=object) for f in self.fields]
         self.age_edges = np.asarray(vocab["age_bins"], dtype=float)
 
     def encode_frame(self, samples: pd.DataFrame, with_targets: bool = True) -> EncodedSamples:
@@ -229,6 +232,46 @@ class SampleEncoder:
             samples["target"].tolist() if with_targets else None,
         )
 
+    def _lookup(self, kind: str, flat: list) -> np.ndarray:
+        """Token ids of ``flat`` codes (-1: unknown); codes are matched as strings."""
+        index, token = self.lookup[kind]
+        if not flat:
+            return _EMPTY
+        pos = index.get_indexer(pd.Index(flat, dtype=object))
+        miss = np.flatnonzero(pos < 0)
+        if len(miss):  # a non-string code (e.g. an int) is matched by its string
+            retry = [(j, str(flat[j])) for j in miss if not isinstance(flat[j], str)]
+            if retry:
+                again = index.get_indexer(pd.Index([c for _, c in retry], dtype=object))
+                pos[[j for j, _ in retry]] = again
+        return np.where(pos >= 0, token[np.maximum(pos, 0)], -1)
+
+    def _pack(self, kind: str, sets: list, owner: list, slots: list, n: int, report: dict | None):
+        """Look up, cut to ``max_codes`` and pack a list of code sets -> :class:`PackedSets`."""
+        lengths = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+        flat = list(chain.from_iterable(sets))
+        ids = self._lookup(kind, flat)
+        known = ids >= 0
+        seg = np.repeat(np.arange(len(sets)), lengths)
+        n_known = np.bincount(seg[known], minlength=len(sets)).astype(np.int64)
+        # rank of each known code among the known codes of its set
+        rank = np.cumsum(known) - 1 - np.repeat(np.cumsum(n_known) - n_known, lengths)
+        keep = known & (rank < self.max_codes)
+        if report is not None:
+            report["unknown_codes_dropped"][kind] += int((~known).sum())
+            over = n_known > self.max_codes
+            report["visits_codes_truncated"] += int(over.sum())
+            report["codes_truncated"] += int((n_known[over] - self.max_codes).sum())
+        kept = np.minimum(n_known, self.max_codes)
+        nonempty = kept > 0
+        owner_arr = np.asarray(owner, dtype=np.int64)
+        return PackedSets.build(
+            ids[keep],
+            kept[nonempty],
+            np.asarray(slots, dtype=np.int64)[nonempty],
+            np.bincount(owner_arr[nonempty], minlength=n),
+        )
+
     def encode(
         self,
         sample_ids: list[str],
@@ -244,40 +287,24 @@ class SampleEncoder:
         medications of the past visits only). Unknown codes are dropped and counted; codes beyond
         ``max_codes`` in one visit are cut and counted; nothing raises for long histories."""
         n = len(sample_ids)
-        max_visits, max_codes = self.max_visits, self.max_codes
-        unknown = {"diagnosis": 0, "procedure": 0, "medication": 0}
-        cut = {"visits": 0, "codes": 0, "samples": 0, "window": 0}
-        # per set kind: tokens, lengths, slots, sets per sample
-        acc: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {
-            k: ([], [], [], []) for k in (*STREAMS, "targets")
+        max_visits = self.max_visits
+        report: dict[str, Any] = {
+            "samples": n,
+            "samples_visits_truncated": 0,
+            "visits_dropped_by_window": 0,
+            "visits_codes_truncated": 0,
+            "codes_truncated": 0,
+            "unknown_codes_dropped": {"diagnosis": 0, "procedure": 0, "medication": 0},
+            "unknown_targets_dropped": 0,
+            "unknown_profile_values": 0,
         }
-
-        def add(kind: str, codes, lookup: dict, slot: int, key: str) -> None:
-            ids = []
-            for c in codes:
-                i = lookup.get(c)
-                if i is None and not isinstance(c, str):
-                    i = lookup.get(str(c))
-                if i is None:
-                    unknown[kind] += 1
-                else:
-                    ids.append(i)
-            if len(ids) > max_codes:
-                cut["visits"] += 1
-                cut["codes"] += len(ids) - max_codes
-                ids = ids[:max_codes]
-            if ids:
-                tokens, lengths, slots, _ = acc[key]
-                tokens.extend(ids)
-                lengths.append(len(ids))
-                slots.append(slot)
-
-        dx_map, px_map, rx_map = (self.lookup[k] for k in ("diagnosis", "procedure", "medication"))
+        sets: dict[str, tuple[list, list, list]] = {k: ([], [], []) for k in STREAMS}
+        dx_sets, dx_owner, dx_slot = sets["diagnoses"]
+        px_sets, px_owner, px_slot = sets["procedures"]
+        rx_sets, rx_owner, rx_slot = sets["medications"]
         n_visits = np.zeros(n, dtype=np.int64)
         for r in range(n):
-            dx = diagnoses[r]
-            px = procedures[r]
-            rx = medications[r]
+            dx, px, rx = diagnoses[r], procedures[r], medications[r]
             rx = [] if _is_missing(rx) else rx
             n_vis = len(dx) if not _is_missing(dx) else 0
             if n_vis == 0 or _is_missing(px) or len(px) != n_vis or len(rx) != n_vis - 1:
@@ -288,64 +315,64 @@ class SampleEncoder:
                 )
             start = max(0, n_vis - max_visits)
             if start:
-                cut["samples"] += 1
-                cut["window"] += start
-            before = [len(acc[k][1]) for k in STREAMS]
-            for slot, v in enumerate(range(start, n_vis)):
-                add("diagnosis", dx[v], dx_map, slot, "diagnoses")
-                add("procedure", px[v], px_map, slot, "procedures")
-                if slot:  # slot 0 of the window is the profile; slot t holds visit t-1's meds
-                    add("medication", rx[v - 1], rx_map, slot, "medications")
-            for k, b in zip(STREAMS, before, strict=True):
-                acc[k][3].append(len(acc[k][1]) - b)
-            n_visits[r] = n_vis - start
-
-        report: dict[str, Any] = {
-            "samples": n,
-            "samples_visits_truncated": cut["samples"],
-            "visits_dropped_by_window": cut["window"],
-            "visits_codes_truncated": cut["visits"],
-            "codes_truncated": cut["codes"],
-            "unknown_codes_dropped": unknown,
-            "unknown_targets_dropped": 0,
-            "unknown_profile_values": 0,
-        }
-        prof = np.zeros((n, len(self.fields) + 1), dtype=np.int64)
-        for j, f in enumerate(self.fields):
-            index = self.field_index[j]
-            for r, value in enumerate(profile.get(f) or [None] * n):
-                # None (no value) is "unknown"; a value outside the vocabulary (NaN included)
-                # is counted and mapped to index 0, as the padded implementation did
-                idx = index.get("unknown" if value is None else value)
-                if idx is None:
-                    report["unknown_profile_values"] += 1
-                    idx = 0
-                prof[r, j] = idx
-        for r, age in enumerate(ages):
-            prof[r, -1] = _age_bin(age, self.age_edges)
+                report["samples_visits_truncated"] += 1
+                report["visits_dropped_by_window"] += start
+            window = n_vis - start
+            n_visits[r] = window
+            slots = range(window)
+            dx_sets.extend(dx[start:n_vis])
+            px_sets.extend(px[start:n_vis])
+            dx_owner.extend([r] * window)
+            px_owner.extend([r] * window)
+            dx_slot.extend(slots)
+            px_slot.extend(slots)
+            # slot 0 of the window is the profile; slot t holds the medications of visit t-1
+            rx_sets.extend(rx[start : n_vis - 1])
+            rx_owner.extend([r] * (window - 1))
+            rx_slot.extend(range(1, window))
+        packed = {key: self._pack(self.KINDS[key], *sets[key], n, report) for key in STREAMS}
 
         y = np.zeros((n, self.n_medications), dtype=np.float32)
-        tg_tokens, tg_lengths, tg_slots, tg_counts = acc["targets"]
-        for r in range(n):
-            ids = []
-            for m in targets[r] if targets is not None else ():
-                column = self.med_index.get(m)
-                token = rx_map.get(m)
-                if column is None or token is None:
-                    report["unknown_targets_dropped"] += 1
-                    continue
-                y[r, column] = 1.0
-                ids.append(token)
-            ids = ids[:max_codes]
-            if ids:
-                tg_tokens.extend(ids)
-                tg_lengths.append(len(ids))
-                tg_slots.append(0)
-            tg_counts.append(1 if ids else 0)
+        if targets is not None:
+            lists = [[] if _is_missing(t) else t for t in targets]
+            lengths = np.fromiter(map(len, lists), dtype=np.int64, count=n)
+            flat = list(chain.from_iterable(lists))
+            col = self.med_index.get_indexer(pd.Index(flat, dtype=object)) if flat else _EMPTY
+            token = np.where(col >= 0, self.med_token[np.maximum(col, 0)], -1)
+            known = token >= 0
+            report["unknown_targets_dropped"] = int((~known).sum())
+            row = np.repeat(np.arange(n), lengths)
+            y[row[known], col[known]] = 1.0
+            n_known = np.bincount(row[known], minlength=n).astype(np.int64)
+            rank = np.cumsum(known) - 1 - np.repeat(np.cumsum(n_known) - n_known, lengths)
+            keep = known & (rank < self.max_codes)
+            kept = np.minimum(n_known, self.max_codes)
+            nonempty = kept > 0
+            packed["targets"] = PackedSets.build(
+                token[keep], kept[nonempty], np.zeros(int(nonempty.sum()), np.int64), nonempty
+            )
+        else:
+            packed["targets"] = PackedSets.build(_EMPTY, _EMPTY, _EMPTY, np.zeros(n, np.int64))
+
+        prof = np.zeros((n, len(self.fields) + 1), dtype=np.int64)
+        for j, f in enumerate(self.fields):
+            values = profile.get(f)
+            if values is None:
+                values = [None] * n
+            # None (no value) is "unknown"; a value outside the vocabulary (NaN included) is
+            # counted and mapped to index 0, as the padded implementation did
+            idx = self.field_index[j].get_indexer(
+                pd.Index(["unknown" if v is None else v for v in values], dtype=object)
+            )
+            report["unknown_profile_values"] += int((idx < 0).sum())
+            prof[:, j] = np.maximum(idx, 0)
+        age = np.asarray([np.nan if v is None else v for v in ages], dtype=float)
+        bins = np.searchsorted(self.age_edges, age, side="right") + 1
+        prof[:, -1] = np.where(np.isnan(age), 0, bins)
         return EncodedSamples(
             sample_ids=list(sample_ids),
             n_visits=n_visits,
-            sets={k: PackedSets.build(*acc[k]) for k in acc},
+            sets=packed,
             profile=prof,
             targets=y,
             report=report,
