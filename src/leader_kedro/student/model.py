@@ -26,8 +26,9 @@ tests/student/test_equivalence.py checks 1e-5 on the same weights and samples.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, cast
 
 import numpy as np
@@ -49,8 +50,8 @@ PREFIX = {"diagnoses": "dx", "procedures": "px", "medications": "rx", "targets":
 #: more than a set of 16); a set of one code needs no attention at all.
 BUCKET_WIDTHS = (1, 2, 16, 32)
 BUCKET_STEP = 16
-#: Requests smaller than this run on one intra-op thread (:func:`predict_proba_encoded`).
-SMALL_BATCH = 64
+#: Inference requests are split over threads in pieces of at least this many rows.
+PARALLEL_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -195,17 +196,18 @@ class SampleEncoder:
                 codes[t[:2]].append(t[2:])
                 ids[t[:2]].append(i)
         self.lookup = {
-            kind: (pd.Index(codes[prefix], dtype=object), np.asarray(ids[prefix], dtype=np.int64))
+            kind: dict(zip(codes[prefix], ids[prefix], strict=True))
             for kind, prefix in (("diagnosis", "D_"), ("procedure", "P_"), ("medication", "M_"))
         }
         meds = list(vocab["medication"])
         self.n_medications = len(meds)
-        self.med_index = pd.Index(meds, dtype=object)
+        self.med_index = {m: j for j, m in enumerate(meds)}
         # the M_ token of each medication column (-1: a medication without a token)
-        token_of = dict(zip(codes["M_"], ids["M_"], strict=True))
-        self.med_token = np.asarray([token_of.get(m, -1) for m in meds], dtype=np.int64)
+        self.med_token = np.asarray(
+            [self.lookup["medication"].get(m, -1) for m in meds], dtype=np.int64
+        )
         self.fields = list(vocab["profile"])
-        self.field_index = [pd.Index(list(vocab["profile"][f]), dtype=object) for f in self.fields]
+        self.field_index = [{v: j for j, v in enumerate(vocab["profile"][f])} for f in self.fields]
         self.age_edges = np.asarray(vocab["age_bins"], dtype=float)
 
     def encode_frame(self, samples: pd.DataFrame, with_targets: bool = True) -> EncodedSamples:
@@ -232,25 +234,23 @@ class SampleEncoder:
             samples["target"].tolist() if with_targets else None,
         )
 
-    def _lookup(self, kind: str, flat: list) -> np.ndarray:
-        """Token ids of ``flat`` codes (-1: unknown); codes are matched as strings."""
-        index, token = self.lookup[kind]
+    @staticmethod
+    def _get(table: dict, flat: list) -> np.ndarray:
+        """``table[code]`` for every code of ``flat`` (-1: unknown; a non-string code, e.g. an
+        int, is matched by its string): one C-level ``map`` over the codes."""
         if not flat:
             return _EMPTY
-        pos = index.get_indexer(pd.Index(flat, dtype=object))
-        miss = np.flatnonzero(pos < 0)
-        if len(miss):  # a non-string code (e.g. an int) is matched by its string
-            retry = [(j, str(flat[j])) for j in miss if not isinstance(flat[j], str)]
-            if retry:
-                again = index.get_indexer(pd.Index([c for _, c in retry], dtype=object))
-                pos[[j for j, _ in retry]] = again
-        return np.where(pos >= 0, token[np.maximum(pos, 0)], -1)
+        out = np.fromiter(map(table.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+        for j in np.flatnonzero(out < 0):
+            if not isinstance(flat[j], str):
+                out[j] = table.get(str(flat[j]), -1)
+        return out
 
     def _pack(self, kind: str, sets: list, owner: list, slots: list, n: int, report: dict | None):
         """Look up, cut to ``max_codes`` and pack a list of code sets -> :class:`PackedSets`."""
         lengths = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
         flat = list(chain.from_iterable(sets))
-        ids = self._lookup(kind, flat)
+        ids = self._get(self.lookup[kind], flat)
         known = ids >= 0
         seg = np.repeat(np.arange(len(sets)), lengths)
         n_known = np.bincount(seg[known], minlength=len(sets)).astype(np.int64)
@@ -337,7 +337,7 @@ class SampleEncoder:
             lists = [[] if _is_missing(t) else t for t in targets]
             lengths = np.fromiter(map(len, lists), dtype=np.int64, count=n)
             flat = list(chain.from_iterable(lists))
-            col = self.med_index.get_indexer(pd.Index(flat, dtype=object)) if flat else _EMPTY
+            col = self._get(self.med_index, flat)
             token = np.where(col >= 0, self.med_token[np.maximum(col, 0)], -1)
             known = token >= 0
             report["unknown_targets_dropped"] = int((~known).sum())
@@ -361,8 +361,11 @@ class SampleEncoder:
                 values = [None] * n
             # None (no value) is "unknown"; a value outside the vocabulary (NaN included) is
             # counted and mapped to index 0, as the padded implementation did
-            idx = self.field_index[j].get_indexer(
-                pd.Index(["unknown" if v is None else v for v in values], dtype=object)
+            index = self.field_index[j]
+            idx = np.fromiter(
+                (index.get("unknown" if v is None else v, -1) for v in values),
+                dtype=np.int64,
+                count=n,
             )
             report["unknown_profile_values"] += int((idx < 0).sum())
             prof[:, j] = np.maximum(idx, 0)
@@ -408,6 +411,24 @@ def _bucket_width(lengths: np.ndarray) -> np.ndarray:
     return widths
 
 
+def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None):
+    """:func:`set_layout` of ``n_sets`` one-code sets: one bucket of width 1, nothing padded."""
+    index = torch.arange(n_sets)
+    out = {
+        f"{prefix}_pos": index,
+        f"{prefix}_valid": torch.ones(n_sets, dtype=torch.bool),
+        f"{prefix}_groups": torch.tensor([[0, n_sets, 1]] if n_sets else [], dtype=torch.long).view(
+            -1, 3
+        ),
+        f"{prefix}_seg": index,
+        f"{prefix}_inv": torch.ones((n_sets, 1)),
+        f"{prefix}_bias": torch.zeros(n_sets),
+    }
+    if tokens is not None:
+        out[f"{prefix}_padded"] = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    return out
+
+
 def set_layout(
     lengths: np.ndarray, prefix: str, tokens: np.ndarray | None = None
 ) -> dict[str, torch.Tensor]:
@@ -423,6 +444,8 @@ def set_layout(
     lengths = np.asarray(lengths, dtype=np.int64)
     n_sets = len(lengths)
     total = int(lengths.sum())
+    if total == n_sets:  # no set or only one-code sets (first visits, single procedures)
+        return _single_code_layout(n_sets, prefix, tokens)
     width = _bucket_width(lengths)
     order = np.argsort(width, kind="stable")
     w_sorted = width[order]
@@ -548,6 +571,8 @@ class LayerNorm(nn.Module):
 
 def segment_mean(x: torch.Tensor, seg: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """Mean of the rows of ``x`` [T, D] per segment ``seg`` [T]; ``inv`` [S, 1] = 1 / count."""
+    if inv.shape[0] == x.shape[0]:  # one row per segment (segments are never empty)
+        return x
     return x.new_zeros((inv.shape[0], x.shape[1])).index_add_(0, seg, x) * inv
 
 
@@ -604,6 +629,8 @@ class TransformerBlock(nn.Module):
                 mask = valid[row : row + n * w].view(n, 1, 1, w)
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             parts.append(ctx.transpose(1, 2).reshape(n * w, d))
+        if len(parts) == 1 and groups.shape[0] == 1 and padded.shape[0] == pos.shape[0]:
+            return parts[0]  # one bucket, nothing padded: the rows are in code order already
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, pos)
 
     def forward(self, x: torch.Tensor, layout: tuple) -> torch.Tensor:
@@ -650,7 +677,8 @@ _FUSED_LINEAR_GELU = [
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """GELU(tanh)(x W^T + b) without autograd: oneDNN's fused kernel where PyTorch has it (the
     stand-alone tanh-GELU of PyTorch's CPU build is several times slower), else the two ops."""
-    if _FUSED_LINEAR_GELU[0] and x.is_cpu and x.dtype == torch.float32:
+    # oneDNN's per-call set-up (~50 us) only pays from a few dozen rows on
+    if _FUSED_LINEAR_GELU[0] and x.shape[0] >= 64 and x.is_cpu and x.dtype == torch.float32:
         try:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh")
         except (RuntimeError, NotImplementedError):  # pragma: no cover - builds without it
@@ -781,18 +809,24 @@ class LeaderStudent(nn.Module):
         streams = []
         for prefix, trm in (("dx", self.diag_trm), ("px", self.proc_trm)):
             sets = self._sets(batch, prefix, trm)
-            streams.append(sets.new_zeros((nv, d)).index_copy(0, batch[f"{prefix}_dest"], sets))
+            if sets.shape[0] == nv:  # a set for every visit: they are in visit order already
+                streams.append(sets)
+            else:
+                streams.append(sets.new_zeros((nv, d)).index_copy(0, batch[f"{prefix}_dest"], sets))
         rx_sets = self._sets(batch, "rx", self.med_trm)  # medication sets, then target sets
         n_med = batch["rx_dest"].shape[0]
         p = self.profile_prompt(batch["profile"])
         # slot 0 of the medication stream is the profile prompt (pseudo med record of visit 0)
-        streams.append(
-            p.new_zeros((nv, d)).index_copy(
-                0,
-                torch.cat([batch["rx_dest"], batch["first_visit"]]),
-                torch.cat([rx_sets[:n_med], p]),
+        if n_med == 0 and nv == n_batch:  # first visits only: the stream is the profile
+            streams.append(p)
+        else:
+            streams.append(
+                p.new_zeros((nv, d)).index_copy(
+                    0,
+                    torch.cat([batch["rx_dest"], batch["first_visit"]]),
+                    torch.cat([rx_sets[:n_med], p]),
+                )
             )
-        )
         visits = torch.stack(streams)  # [3, NV, d]
         if self.visit_position is not None:
             visits = visits + self.visit_position(batch["vis_position"])
@@ -857,20 +891,56 @@ def count_parameters(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+_POOL: list = []  # the inference thread pool, made on first use
+
+
+def inference_workers() -> int:
+    """Threads for large inference requests: one per CPU core."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _pool(workers: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0]._max_workers < workers:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leader-student")]
+    return _POOL[0]
+
+
 def predict_proba_encoded(
-    model: LeaderStudent, enc: EncodedSamples, batch_size: int = 256
+    model: LeaderStudent,
+    enc: EncodedSamples,
+    batch_size: int = 256,
+    workers: int | None = None,
 ) -> np.ndarray:
-    """Sigmoid probabilities [N, M] in input order (model put in eval mode, no autograd)."""
+    """Sigmoid probabilities [N, M] in input order (model put in eval mode, no autograd).
+
+    Every operation runs on one intra-op thread: on a model this small OpenMP synchronisation
+    costs more than a second thread gains (and far more when another job holds a core). Requests
+    of at least 2 x ``PARALLEL_ROWS`` rows are cut into pieces computed side by side by
+    ``workers`` threads (default: one per core; torch releases the GIL inside its kernels). A
+    sample's probabilities do not depend on the other samples of its batch.
+    """
     if model.training:
         model.eval()
     n = len(enc.sample_ids)
     out = np.empty((n, model.config["n_medications"]), dtype=np.float32)
-    # below SMALL_BATCH rows a second intra-op thread costs more in synchronisation than it gains
-    threads = 1 if min(n, batch_size) < SMALL_BATCH else None
-    with torch.inference_mode(), torch_threads(threads):
-        for s in range(0, n, batch_size):
-            batch = collate(enc, np.arange(s, min(n, s + batch_size)), target_sets=False)
-            out[s : s + batch_size] = torch.sigmoid(model.logits(batch)).numpy()
+    workers = max(1, min(workers or inference_workers(), n // PARALLEL_ROWS))
+    size = max(1, min(batch_size, -(-n // workers)))
+    chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
+
+    def run(chunk: tuple[int, int]) -> None:
+        torch.set_num_threads(1)  # this thread's own OpenMP setting (pool threads have theirs)
+        with torch.inference_mode():
+            batch = collate(enc, np.arange(*chunk), target_sets=False)
+            out[chunk[0] : chunk[1]] = torch.sigmoid(model.logits(batch)).numpy()
+
+    with torch_threads(1):
+        if workers > 1 and len(chunks) > 1:
+            list(_pool(workers).map(run, chunks))
+        else:
+            for chunk in chunks:
+                run(chunk)
     return out
 
 

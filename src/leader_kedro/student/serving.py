@@ -31,7 +31,6 @@ from mlflow.pyfunc import PythonModel
 
 from leader_kedro.contracts import PROFILE_FIELDS
 from leader_kedro.student.model import StudentBundle, predict_proba_encoded
-from leader_kedro.torch_threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ REGISTERED_MODEL_NAME = "leader-student"
 # what a patient record may carry besides its codes (all optional: missing -> unknown)
 PROFILE_COLUMNS = (*PROFILE_FIELDS, "age")
 OUTPUT_COLUMNS = ["row", "rank", "atc3", "name", "probability"]
+_OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
 
 
 def _is_missing(value) -> bool:
@@ -56,8 +56,13 @@ def _as_list(value) -> list:
 def _columns(model_input) -> tuple[int, dict[str, list]]:
     """The input's columns as plain lists (one column access each, no per-row pandas work)."""
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-    values = frame.to_numpy(dtype=object)  # one conversion, then plain Python lists per column
-    return len(frame), dict(zip(frame.columns, values.T.tolist(), strict=True))
+    try:  # the column arrays themselves (pandas is pinned; the public route below is slower)
+        return len(frame), {
+            c: frame._get_column_array(i).tolist() for i, c in enumerate(frame.columns)
+        }
+    except (AttributeError, TypeError):  # pragma: no cover - another pandas
+        values = frame.to_numpy(dtype=object)
+        return len(frame), dict(zip(frame.columns, values.T.tolist(), strict=True))
 
 
 def parse_records(model_input) -> dict:
@@ -151,17 +156,19 @@ def _rank(probs: np.ndarray, meds, names, top_k) -> pd.DataFrame:
     order = np.argsort(-probs, axis=1, kind="stable")  # ties: the lower column first
     rows, ranks = np.nonzero(np.arange(m)[None, :] < k[:, None])
     cols = order[rows, ranks]
-    return pd.DataFrame(
-        {
-            "row": rows.astype(np.int64),
-            "rank": (ranks + 1).astype(np.int64),
-            "atc3": meds.take(cols),
-            "name": names.take(cols),
-            "probability": probs[rows, cols].astype(np.float64),
-        },
-        columns=OUTPUT_COLUMNS,
-        copy=False,
-    )
+    arrays = [
+        rows.astype(np.int64),
+        (ranks + 1).astype(np.int64),
+        meds.take(cols),
+        names.take(cols),
+        probs[rows, cols].astype(np.float64),
+    ]
+    try:  # 3-4x faster than the dict constructor (pandas is pinned; same frame)
+        return pd.DataFrame._from_arrays(
+            arrays, columns=_OUTPUT_INDEX, index=pd.RangeIndex(len(rows)), verify_integrity=False
+        )
+    except (AttributeError, TypeError):  # pragma: no cover - another pandas
+        return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, arrays, strict=True)), columns=OUTPUT_COLUMNS)
 
 
 class LeaderStudentPyfunc(PythonModel):
@@ -170,7 +177,7 @@ class LeaderStudentPyfunc(PythonModel):
     def __init__(self, top_k: int = 10, batch_size: int = 256, num_threads: int | None = None):
         self.top_k = int(top_k)
         self.batch_size = int(batch_size)
-        # None: one thread below model.SMALL_BATCH rows, else the process setting
+        # threads computing a large request side by side (None: one per CPU core)
         self.num_threads = num_threads
         self.bundle: StudentBundle | None = None
 
@@ -210,8 +217,9 @@ class LeaderStudentPyfunc(PythonModel):
             parsed["ages"],
             where="leader-student input row",
         )
-        with torch_threads(getattr(self, "num_threads", None)):
-            probs = predict_proba_encoded(bundle.module, enc, self.batch_size)
+        probs = predict_proba_encoded(
+            bundle.module, enc, self.batch_size, getattr(self, "num_threads", None)
+        )
         top_k = parsed["top_k"]
         top_k = (
             [self.top_k if _is_missing(v) else int(v) for v in top_k]

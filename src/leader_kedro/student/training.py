@@ -468,7 +468,10 @@ def train_students(
     import multiprocessing as mp
 
     quiet = replace(cfg, training=replace(cfg.training, progress=False))
-    ctx = mp.get_context(_start_method(cfg.training.num_threads))
+    method = _start_method(cfg.training.num_threads)
+    if method == "fork":  # torch.optim imports torch._dynamo on first use (~1 s): once, here
+        import torch._dynamo  # noqa: F401
+    ctx = mp.get_context(method)
     # longest first would not help: the jobs are alike; keep job order for reproducible logs
     with ctx.Pool(workers, initializer=_worker_init, initargs=(quiet, prepared)) as pool:
         results = pool.map(_worker_job, jobs, chunksize=1)
