@@ -93,6 +93,24 @@ def test_encodings_report_the_same_cuts_and_drops(cohort):
     assert encode_samples(samples, vocab).report == legacy.encode_samples(samples, vocab).report
 
 
+def test_one_sample_at_a_time_encodes_like_the_whole_split(cohort):
+    """A single request takes the encoder's plain-Python path, a split the vectorised one."""
+    vocab, samples = cohort
+    whole = encode_samples(samples, vocab, max_codes=20)
+    totals = {"codes_truncated": 0, "visits_codes_truncated": 0, "unknown_targets_dropped": 0}
+    for i in range(len(samples)):
+        one = encode_samples(samples.iloc[[i]], vocab, max_codes=20)
+        for kind in ("diagnoses", "procedures", "medications", "targets"):
+            assert one.codes(kind, 0) == whole.codes(kind, i), (kind, i)
+        np.testing.assert_array_equal(one.profile[0], whole.profile[i])
+        np.testing.assert_array_equal(one.targets[0], whole.targets[i])
+        for key in totals:
+            totals[key] += one.report[key]
+    assert totals["codes_truncated"] == whole.report["codes_truncated"] > 0
+    for key in totals:
+        assert totals[key] == whole.report[key]
+
+
 @pytest.mark.parametrize("batch", [1, 7, 90])
 def test_packed_forward_equals_padded_reference(cohort, batch):
     vocab, samples = cohort

@@ -177,11 +177,11 @@ def inference(
     """Latency and throughput of the module, pyfunc and MLflow paths of one implementation."""
     import torch
 
-    from leader_kedro.evaluation.efficiency import measure_one, student_predictors
+    from leader_kedro.evaluation.efficiency import RowSubsets, measure_one, student_predictors
     from leader_kedro.student import legacy
     from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
 
-    records = serving_records(samples)
+    rows, requests = RowSubsets(samples), RowSubsets(serving_records(samples))
     n = len(samples)
     if implementation == "after":
         paths = student_predictors(bundle, samples)
@@ -190,10 +190,10 @@ def inference(
         module, vocab, names, config = bundle.module, bundle.vocab, bundle.code_names, bundle.config
         paths = {
             "module": lambda idx, bs: legacy.predict_proba(
-                module, vocab, config, samples.iloc[idx], batch_size=bs
+                module, vocab, config, rows(idx), batch_size=bs
             ),
             "pyfunc": lambda idx, bs: [
-                legacy.pyfunc_predict(module, vocab, names, config, records.iloc[idx[s : s + bs]])
+                legacy.pyfunc_predict(module, vocab, names, config, requests(idx[s : s + bs]))
                 for s in range(0, len(idx), bs)
             ],
         }
@@ -201,7 +201,7 @@ def inference(
     if signature is not None:
         served = _saved_pyfunc(python_model, bundle, signature, workdir)
         paths["mlflow"] = lambda idx, bs: [
-            served.predict(records.iloc[idx[s : s + bs]]) for s in range(0, len(idx), bs)
+            served.predict(requests(idx[s : s + bs])) for s in range(0, len(idx), bs)
         ]
     out = {}
     for name, predict in paths.items():
@@ -302,7 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--throughput-samples", type=int, default=256)
     parser.add_argument("--min-seconds", type=float, default=0.5, help="per throughput figure")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the process (default 1, the evaluate stage's student "
+        "setting; 0 = torch's default). The current student always computes on one intra-op "
+        "thread and splits large requests over one thread per core; the old one used this "
+        "setting as it was.",
     )
     parser.add_argument("--no-before", action="store_true", help="skip the legacy student")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow.pyfunc path")

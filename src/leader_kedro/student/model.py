@@ -246,8 +246,13 @@ class SampleEncoder:
                 out[j] = table.get(str(flat[j]), -1)
         return out
 
+    #: Up to this many sets a plain Python loop beats the vectorised path (a single request).
+    FEW_SETS = 16
+
     def _pack(self, kind: str, sets: list, owner: list, slots: list, n: int, report: dict | None):
         """Look up, cut to ``max_codes`` and pack a list of code sets -> :class:`PackedSets`."""
+        if len(sets) <= self.FEW_SETS:
+            return self._pack_few(kind, sets, owner, slots, n, report)
         lengths = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
         flat = list(chain.from_iterable(sets))
         ids = self._get(self.lookup[kind], flat)
@@ -271,6 +276,36 @@ class SampleEncoder:
             np.asarray(slots, dtype=np.int64)[nonempty],
             np.bincount(owner_arr[nonempty], minlength=n),
         )
+
+    def _pack_few(self, kind, sets, owner, slots, n, report) -> PackedSets:
+        """:meth:`_pack` for a handful of sets, in plain Python (the same result)."""
+        table, cap = self.lookup[kind], self.max_codes
+        tokens: list[int] = []
+        lengths: list[int] = []
+        kept_slots: list[int] = []
+        counts = [0] * n
+        for codes, r, slot in zip(sets, owner, slots, strict=True):
+            ids = []
+            for c in codes:
+                i = table.get(c, -1)
+                if i < 0 and not isinstance(c, str):
+                    i = table.get(str(c), -1)
+                if i < 0:
+                    if report is not None:
+                        report["unknown_codes_dropped"][kind] += 1
+                else:
+                    ids.append(i)
+            if len(ids) > cap:
+                if report is not None:
+                    report["visits_codes_truncated"] += 1
+                    report["codes_truncated"] += len(ids) - cap
+                ids = ids[:cap]
+            if ids:
+                tokens.extend(ids)
+                lengths.append(len(ids))
+                kept_slots.append(slot)
+                counts[r] += 1
+        return PackedSets.build(tokens, lengths, kept_slots, counts)
 
     def encode(
         self,
