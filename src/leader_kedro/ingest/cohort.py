@@ -2,7 +2,7 @@
 
 Everything is vectorised with pandas (merge / groupby / isin); no per-row Python loops over the
 big tables. Every dropped row, visit and patient is counted by reason in the returned stats.
-Samples and the split live in ``cohort_samples.py``.
+Samples and the split live in ``samples.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from leader_kedro.contracts import (
     IngestInputError,
     ParameterError,
 )
+from leader_kedro.ingest.meter import StageMeter
+from leader_kedro.ingest.readers import clean_categorical, normalise_ndc
 
 
 @dataclass(frozen=True)
@@ -177,50 +179,82 @@ def ndc_to_atc3_table(
 def map_medications(
     prescriptions: pd.DataFrame, aux: dict, p: IngestConfig, source_file: str = "PRESCRIPTIONS"
 ) -> tuple[pd.DataFrame, dict, dict]:
-    """Prescription rows -> (subject_id, hadm_id, atc3) rows; returns (rows, row drops, mapping stats)."""
-    rx = prescriptions
+    """Prescription rows -> (subject_id, hadm_id, code = ATC3) rows; returns (rows, row drops,
+    mapping stats).
+
+    The NDC column is a categorical (readers.read_table): the cleaning and the mapping run on its
+    distinct values, and the rows are only indexed, so that 17 million rows cost one pass.
+    """
     drops: dict[str, int] = {}
-    bad_id = rx["hadm_id"].isna() | rx["subject_id"].isna()
+    bad_id = (prescriptions["hadm_id"].isna() | prescriptions["subject_id"].isna()).to_numpy()
     drops["missing_hadm_or_subject_id"] = int(bad_id.sum())
-    rx = rx[~bad_id]
-    ndc = rx["ndc"].str.replace("-", "", regex=False)
-    missing = ndc.isna() | (ndc == "") | ((ndc.str.strip("0") == "") if p.drop_ndc_zero else False)
+    ndc = prescriptions["ndc"]
+    if not isinstance(ndc.dtype, pd.CategoricalDtype):
+        ndc = clean_categorical(ndc, normalise_ndc)
+    cats = pd.Series(np.asarray(ndc.cat.categories, dtype=object), dtype=object)
+    codes = ndc.cat.codes.to_numpy()
+    zero = cats.str.strip("0").eq("").to_numpy(dtype=bool) if p.drop_ndc_zero else None
+    # one extra slot at the end: code -1 (missing NDC) indexes it
+    empty = np.append(zero if zero is not None else np.zeros(len(cats), dtype=bool), True)
+    missing = ~bad_id & empty[codes]
     drops["ndc_missing_or_zero"] = int(missing.sum())
-    rx = rx.assign(ndc=ndc)[~missing]
+    keep = ~bad_id & ~missing
+    used = np.bincount(codes[keep], minlength=len(cats)) > 0
+    n_ndc = int(used.sum())
     table = ndc_to_atc3_table(
-        rx["ndc"],
+        pd.Series(cats[used].to_numpy(), dtype="string"),
         p.mapping_routes,
         aux.get("ndc2rxnorm"),
         aux.get("rxcui2atc4"),
         aux.get("ndc2atc3"),
     )
-    mapped = rx.merge(table, on="ndc", how="left")
-    unmapped = mapped["atc3"].isna()
+    atc3 = np.array(sorted(table["atc3"].unique()), dtype=object)
+    where = pd.Index(cats).get_indexer(table["ndc"].astype(object))
+    atc_of = np.full(len(cats) + 1, -1, dtype=np.int32)
+    atc_of[where] = pd.Index(atc3).get_indexer(table["atc3"].astype(object))
+    route_of = np.full(len(cats) + 1, -1, dtype=np.int8)
+    routes = list(p.mapping_routes)
+    route_of[where] = [routes.index(r) for r in table["route"]]
+    row_atc = np.where(keep, atc_of[codes], -1)
+    mapped = row_atc >= 0
+    unmapped = keep & ~mapped
     drops["ndc_unmapped"] = int(unmapped.sum())
-    n_ndc = int(rx["ndc"].nunique())
+    n_rows, n_mapped = int(keep.sum()), int(mapped.sum())
+    rows_by_route = np.bincount(route_of[codes][mapped], minlength=len(routes))
     stats = {
-        "prescription_rows_with_ndc": int(len(rx)),
-        "prescription_rows_mapped": int((~unmapped).sum()),
-        "row_coverage": _ratio((~unmapped).sum(), len(rx)),
+        "prescription_rows_with_ndc": n_rows,
+        "prescription_rows_mapped": n_mapped,
+        "row_coverage": _ratio(n_mapped, n_rows),
         "distinct_ndc": n_ndc,
         "distinct_ndc_mapped": int(len(table)),
         "ndc_coverage": _ratio(len(table), n_ndc),
         "by_route": {
             route: {
                 "ndc": int((table["route"] == route).sum()),
-                "rows": int((mapped["route"] == route).sum()),
+                "rows": int(rows_by_route[i]),
             }
-            for route in p.mapping_routes
+            for i, route in enumerate(routes)
         },
     }
-    if unmapped.all():
+    if n_mapped == 0:
         raise IngestInputError(
             f"No NDC mapped: none of the {n_ndc} distinct NDCs in {source_file} maps to an ATC code through "
             f"the routes {p.mapping_routes} (ingest.mapping_routes, files ingest.aux_files.ndc2rxnorm / "
             "rxcui2atc4 / ndc2atc3); expected 11-digit NDC strings present in the mapping files."
         )
-    meds = mapped.loc[~unmapped, ["subject_id", "hadm_id", "atc3"]].rename(columns={"atc3": "code"})
-    return meds.reset_index(drop=True), drops, stats
+    meds = pd.DataFrame(
+        {
+            "subject_id": _ids(prescriptions["subject_id"])[mapped],
+            "hadm_id": _ids(prescriptions["hadm_id"])[mapped],
+            "code": pd.Categorical.from_codes(row_atc[mapped], categories=atc3),
+        }
+    )
+    return meds, drops, stats
+
+
+def _ids(s: pd.Series) -> np.ndarray:
+    """An id column as int64 (missing ids = -1; callers drop those rows first)."""
+    return s.to_numpy(dtype=np.int64, na_value=-1)
 
 
 def _ratio(a, b) -> float:
@@ -233,25 +267,58 @@ def top_k_codes(rows: pd.DataFrame, k: int | None, count: str) -> tuple[pd.Index
         freq = rows.drop_duplicates(["hadm_id", "code"])["code"].value_counts()
     else:
         freq = rows["code"].value_counts()
+    freq = freq[freq > 0]  # a categorical counts its unused categories too
+    freq.index = pd.Index(np.asarray(freq.index, dtype=object), dtype=object)
     freq = (
         freq.rename_axis("code")
         .reset_index(name="n")
         .sort_values(["n", "code"], ascending=[False, True], kind="stable")
     )
-    keep = pd.Index(freq["code"] if k is None else freq["code"].iloc[:k])
-    return keep, rows[rows["code"].isin(keep)]
+    keep = pd.Index(freq["code"] if k is None else freq["code"].iloc[:k], dtype=object)
+    return keep, rows[rows["code"].isin(keep).to_numpy()]
 
 
 # --------------------------------------------------------------------------------------------
 # Visits
 # --------------------------------------------------------------------------------------------
-def _code_rows(df: pd.DataFrame, drops: dict, name: str) -> pd.DataFrame:
-    bad = df["hadm_id"].isna() | df["subject_id"].isna()
+# ICD-9-CM as MIMIC-III writes it (no dot): diagnoses 3-5 digits, V + 2-4 digits, E-codes
+# E000-E030 / E800-E999 (+1 digit); procedures 2-4 digits. 'I10' or 'E119' is ICD-10.
+ICD9_PATTERNS = {
+    "DIAGNOSES_ICD": r"(\d{3,5}|V\d{2,4}|E(0[0-3]\d|[89]\d\d)\d?)",
+    "PROCEDURES_ICD": r"\d{2,4}",
+}
+
+
+def _code_rows(df: pd.DataFrame, drops: dict, name: str, icd9: bool = False) -> pd.DataFrame:
+    """Code rows with both ids and a code; exact repeats of a (hadm_id, seq_num, code) row and,
+    for ``icd9`` sources (MIMIC-III, synthetic), codes that are not ICD-9-CM are dropped and
+    counted. Ids become int64."""
+    bad = (df["hadm_id"].isna() | df["subject_id"].isna()).to_numpy()
     drops[f"{name}:missing_hadm_or_subject_id"] = int(bad.sum())
-    df = df[~bad]
-    miss = df["code"].isna()
+    code = df["code"]
+    if not isinstance(code.dtype, pd.CategoricalDtype):
+        code = clean_categorical(code)
+    codes = code.cat.codes.to_numpy()
+    miss = ~bad & (codes < 0)
     drops[f"{name}:code_missing"] = int(miss.sum())
-    return df[~miss][["subject_id", "hadm_id", "seq_num", "code"]]
+    keep = ~bad & ~miss
+    if icd9 and name in ICD9_PATTERNS:
+        cats = pd.Series(np.asarray(code.cat.categories, dtype=object), dtype=object)
+        ok = np.append(cats.str.fullmatch(ICD9_PATTERNS[name]).to_numpy(dtype=bool), True)
+        not_icd9 = keep & ~ok[codes]
+        drops[f"{name}:code_not_icd9"] = int(not_icd9.sum())
+        keep &= ~not_icd9
+    out = pd.DataFrame(
+        {
+            "subject_id": _ids(df["subject_id"])[keep],
+            "hadm_id": _ids(df["hadm_id"])[keep],
+            "seq_num": df["seq_num"].to_numpy(dtype=np.float64)[keep],
+            "code": code[keep].reset_index(drop=True),
+        }
+    )
+    dup = out.duplicated(["hadm_id", "seq_num", "code"]).to_numpy()
+    drops[f"{name}:duplicate_rows"] = int(dup.sum())
+    return out[~dup].reset_index(drop=True) if dup.any() else out
 
 
 def _lists(rows: pd.DataFrame) -> pd.Series:
@@ -263,7 +330,11 @@ def _lists(rows: pd.DataFrame) -> pd.Series:
     """
     if rows.empty:
         return pd.Series(dtype=object)
-    ids, uniques = pd.factorize(rows["code"], sort=True)
+    code = rows["code"]
+    if isinstance(code.dtype, pd.CategoricalDtype) and code.cat.categories.is_monotonic_increasing:
+        ids, uniques = code.cat.codes.to_numpy(), code.cat.categories
+    else:
+        ids, uniques = pd.factorize(rows["code"], sort=True)
     h = rows["hadm_id"].to_numpy(dtype=np.int64)
     if "seq_num" in rows.columns:
         seq = rows["seq_num"].to_numpy(dtype=np.float64)
@@ -283,8 +354,14 @@ def _lists(rows: pd.DataFrame) -> pd.Series:
     return pd.Series(lists, index=pd.Index(h[starts], name="hadm_id"), dtype=object)
 
 
-def admission_age(adm: pd.DataFrame, patients: pd.DataFrame, cap: float) -> tuple[pd.Series, int]:
-    """Age in years at admission, capped (MIMIC shifts ages > 89 to ~300 years); returns (age, n capped)."""
+def admission_age(
+    adm: pd.DataFrame, patients: pd.DataFrame, cap: float
+) -> tuple[pd.Series, dict[str, int]]:
+    """Age in years at admission, capped (MIMIC shifts ages > 89 to ~300 years).
+
+    Returns (age, counts): ``n_capped``, and ``n_before_birth``, the admissions dated before the
+    patient's birth (MIMIC-IV: before anchor_year - anchor_age), whose age is unknown.
+    """
     pat = patients.drop_duplicates("subject_id").set_index("subject_id")
     if "dob" in pat.columns:
         dob = adm["subject_id"].map(pat["dob"]).astype("datetime64[s]")
@@ -294,25 +371,59 @@ def admission_age(adm: pd.DataFrame, patients: pd.DataFrame, cap: float) -> tupl
         anchor_age = adm["subject_id"].map(pat["anchor_age"])
         anchor_year = adm["subject_id"].map(pat["anchor_year"])
         age = (anchor_age + (adm["admittime"].dt.year - anchor_year)).astype("float64")
-    age = age.where(age >= 0)
+    before_birth = age < 0
+    age = age.where(~before_birth)
     capped = age > cap
-    return age.clip(upper=cap).astype("float64"), int(capped.sum())
+    counts = {"n_capped": int(capped.sum()), "n_before_birth": int(before_birth.sum())}
+    return age.clip(upper=cap).astype("float64"), counts
 
 
 def build_visits(
-    tables: dict[str, pd.DataFrame], aux: dict, p: IngestConfig
+    tables: dict[str, pd.DataFrame],
+    aux: dict,
+    p: IngestConfig,
+    source: str = "mimic3",
+    meter: StageMeter | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Standard raw tables (mimic.read_raw_tables) + aux mappings -> the ``visits`` table and stats."""
+    """Standard raw tables (readers.read_raw_tables) + aux mappings -> the ``visits`` table and
+    stats. The code tables (diagnoses, procedures, prescriptions) are removed from ``tables``
+    once they are turned into code rows, so that the big tables are never held twice.
+    ``source``: MIMIC-III and the synthetic cohort hold ICD-9-CM codes only (others are dropped
+    and counted); MIMIC-IV codes carry their version. ``meter`` times the stages ``map`` (code
+    rows, NDC -> ATC3) and ``visits`` (the rest)."""
+    meter = meter or StageMeter(log=False)
     row_drops: dict[str, int] = {}
-    adm = _admission_rows(tables["admissions"], row_drops)
-    rows, mapping = _code_type_rows(tables, aux, p, row_drops)
-    recorded, mapped_meds = _recorded_admissions(rows, tables["prescriptions"])
-    lists, vocab_sizes = _top_k_lists(rows, adm["hadm_id"], p, row_drops)
+    with meter.stage("map"):
+        adm = _admission_rows(tables["admissions"], row_drops, p.visit_order)
+        patients = _patient_rows(tables["patients"], row_drops)
+        rows, rx_admissions, mapping = _code_type_rows(
+            tables, aux, p, row_drops, source != "mimic4"
+        )
+    with meter.stage("visits"):
+        visits, stats = _visits_from_rows(tables, adm, patients, rows, rx_admissions, p, row_drops)
+    stats["mapping"] = mapping
+    return visits, stats
+
+
+def _visits_from_rows(
+    tables: dict[str, pd.DataFrame],
+    adm: pd.DataFrame,
+    patients: pd.DataFrame,
+    rows: dict[str, pd.DataFrame],
+    rx_admissions: np.ndarray,
+    p: IngestConfig,
+    row_drops: dict[str, int],
+) -> tuple[pd.DataFrame, dict]:
+    """The part of ``build_visits`` after the mapping (top-k, joins, order, filters, profile)."""
+    recorded, mapped_meds = _recorded_admissions(rows, rx_admissions)
+    lists, vocab_sizes = _top_k_lists(rows, adm, p, row_drops)
+    rows.clear()  # the caller's code rows: not needed past the lists
 
     reason = _drop_reasons(adm["hadm_id"], lists, recorded, mapped_meds, p.required_code_types)
     visit_drops = {str(k): int(v) for k, v in reason.value_counts().items()}
     adm = adm[reason.isna().to_numpy()]
     visits = _join_code_lists(adm, lists)
+    del lists
 
     patient_drops: dict[str, int] = {}
     n_before = visits["subject_id"].nunique()
@@ -329,18 +440,18 @@ def build_visits(
             "ingest.min_visits, the top-k parameters and the mapping files."
         )
 
-    visits, n_capped = _add_profile(visits, tables["patients"], p.age_cap)
+    visits, age_counts = _add_profile(visits, patients, p.age_cap)
     stats = {
-        "mapping": mapping,
         "rows_dropped": row_drops,
         "visits_dropped": visit_drops,
         "patients_dropped": {**patient_drops, "all_visits_dropped_total": patients_lost},
         "top_k_vocab_sizes": vocab_sizes,
         "age": {
             "cap": p.age_cap,
-            "n_capped": n_capped,
+            **age_counts,
             "n_unknown": int(visits["age"].isna().sum()),
-            "note": f"MIMIC shifts ages above 89 to ~300 years; ages are capped at {p.age_cap}",
+            "note": f"MIMIC shifts ages above 89 to ~300 years; ages are capped at {p.age_cap}; "
+            "an admission dated before birth has an unknown age",
         },
         "visits_before_patient_filters": int(len(adm)),
         "patients_before_patient_filters": int(n_before),
@@ -348,14 +459,20 @@ def build_visits(
     return visits, stats
 
 
-def _admission_rows(adm: pd.DataFrame, row_drops: dict) -> pd.DataFrame:
-    """ADMISSIONS without rows missing an id or repeating a hadm_id; ids as int64."""
+def _admission_rows(adm: pd.DataFrame, row_drops: dict, visit_order: str) -> pd.DataFrame:
+    """ADMISSIONS without rows missing an id or repeating a hadm_id (and, when visits are ordered
+    by admission time, without an admission time); ids as int64."""
     bad = adm["hadm_id"].isna() | adm["subject_id"].isna()
     row_drops["ADMISSIONS:missing_hadm_or_subject_id"] = int(bad.sum())
     adm = adm[~bad]
     dup = adm["hadm_id"].duplicated()
     row_drops["ADMISSIONS:duplicate_hadm_id"] = int(dup.sum())
-    adm = adm[~dup].copy()
+    adm = adm[~dup]
+    if visit_order == "admittime":
+        no_time = adm["admittime"].isna()
+        row_drops["ADMISSIONS:missing_admittime"] = int(no_time.sum())
+        adm = adm[~no_time]
+    adm = adm.copy()
     adm["subject_id"], adm["hadm_id"] = (
         adm["subject_id"].astype("int64"),
         adm["hadm_id"].astype("int64"),
@@ -363,54 +480,74 @@ def _admission_rows(adm: pd.DataFrame, row_drops: dict) -> pd.DataFrame:
     return adm
 
 
+def _patient_rows(patients: pd.DataFrame, row_drops: dict) -> pd.DataFrame:
+    """PATIENTS without rows missing the subject_id; a repeated subject_id keeps its first row."""
+    bad = patients["subject_id"].isna()
+    row_drops["PATIENTS:missing_subject_id"] = int(bad.sum())
+    patients = patients[~bad]
+    dup = patients["subject_id"].duplicated()
+    row_drops["PATIENTS:duplicate_subject_id"] = int(dup.sum())
+    return patients[~dup]
+
+
 def _code_type_rows(
-    tables: dict[str, pd.DataFrame], aux: dict, p: IngestConfig, row_drops: dict
-) -> tuple[dict[str, pd.DataFrame], dict]:
-    """(subject_id, hadm_id, code) rows per code type (medications mapped to ATC3), mapping stats."""
-    dx = _code_rows(tables["diagnoses"], row_drops, "DIAGNOSES_ICD")
-    px = _code_rows(tables["procedures"], row_drops, "PROCEDURES_ICD")
-    meds, med_drops, mapping = map_medications(tables["prescriptions"], aux, p)
+    tables: dict[str, pd.DataFrame], aux: dict, p: IngestConfig, row_drops: dict, icd9: bool
+) -> tuple[dict[str, pd.DataFrame], np.ndarray, dict]:
+    """(subject_id, hadm_id, code) rows per code type (medications mapped to ATC3), the hadm_ids
+    with any prescription row, and the mapping stats. Takes the code tables out of ``tables``."""
+    dx = _code_rows(tables.pop("diagnoses"), row_drops, "DIAGNOSES_ICD", icd9)
+    px = _code_rows(tables.pop("procedures"), row_drops, "PROCEDURES_ICD", icd9)
+    rx = tables.pop("prescriptions")
+    recorded_meds = pd.unique(rx["hadm_id"].dropna().to_numpy(dtype=np.int64))
+    meds, med_drops, mapping = map_medications(rx, aux, p)
+    del rx
     row_drops.update({f"PRESCRIPTIONS:{k}": v for k, v in med_drops.items()})
-    return {"diagnoses": dx, "procedures": px, "medications": meds}, mapping
+    return {"diagnoses": dx, "procedures": px, "medications": meds}, recorded_meds, mapping
 
 
 def _recorded_admissions(
-    rows: dict[str, pd.DataFrame], prescriptions: pd.DataFrame
-) -> tuple[dict[str, set], set]:
+    rows: dict[str, pd.DataFrame], recorded_meds: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """hadm_ids with any row of each code type (before top-k), and those with a mapped medication."""
     recorded = {
-        "diagnoses": set(rows["diagnoses"]["hadm_id"].unique()),
-        "procedures": set(rows["procedures"]["hadm_id"].unique()),
-        "medications": set(prescriptions["hadm_id"].dropna().unique()),
+        "diagnoses": pd.unique(rows["diagnoses"]["hadm_id"].to_numpy()),
+        "procedures": pd.unique(rows["procedures"]["hadm_id"].to_numpy()),
+        "medications": recorded_meds,
     }
-    return recorded, set(rows["medications"]["hadm_id"].unique())
+    return recorded, pd.unique(rows["medications"]["hadm_id"].to_numpy())
 
 
 def _top_k_lists(
-    rows: dict[str, pd.DataFrame], adm_ids: pd.Series, p: IngestConfig, row_drops: dict
+    rows: dict[str, pd.DataFrame], adm: pd.DataFrame, p: IngestConfig, row_drops: dict
 ) -> tuple[dict[str, pd.Series], dict[str, int]]:
-    """Top-k codes per type, rows of known admissions only -> (hadm_id -> code list, vocab sizes)."""
+    """Top-k codes per type, rows of known admissions of the same patient only
+    -> (hadm_id -> code list, vocab sizes)."""
     top_k = {
         "diagnoses": p.top_k_diagnoses,
         "procedures": p.top_k_procedures,
         "medications": p.top_k_medications,
     }
-    kept_rows, vocab_sizes = {}, {}
+    adm_index = pd.Index(adm["hadm_id"].to_numpy())
+    adm_subject = np.append(adm["subject_id"].to_numpy(), -1)  # position -1: not admitted
+    lists, vocab_sizes = {}, {}
     for name in CODE_TYPES:
         keep, kept = top_k_codes(rows[name], top_k[name], p.topk_count)
         row_drops[f"{name}:code_outside_top_k"] = int(len(rows[name]) - len(kept))
-        orphan = ~kept["hadm_id"].isin(adm_ids)
+        pos = adm_index.get_indexer(kept["hadm_id"].to_numpy())
+        orphan = pos < 0
         row_drops[f"{name}:hadm_id_not_in_admissions"] = int(orphan.sum())
-        kept_rows[name] = kept[~orphan]
+        other = ~orphan & (adm_subject[pos] != kept["subject_id"].to_numpy())
+        row_drops[f"{name}:subject_id_differs_from_admission"] = int(other.sum())
+        lists[name] = _lists(kept[~orphan & ~other])
         vocab_sizes[name] = int(len(keep))
-    return {name: _lists(kept) for name, kept in kept_rows.items()}, vocab_sizes
+    return lists, vocab_sizes
 
 
 def _drop_reasons(
     adm_ids: pd.Series,
     lists: dict[str, pd.Series],
-    recorded: dict[str, set],
-    mapped_meds: set,
+    recorded: dict[str, np.ndarray],
+    mapped_meds: np.ndarray,
     required: Sequence[str],
 ) -> pd.Series:
     """Why each admission is dropped (NA = kept), indexed by hadm_id.
@@ -421,9 +558,9 @@ def _drop_reasons(
     for name in required:
         idx = reason.index
         has_kept = idx.isin(lists[name].index)
-        has_rec = idx.isin(list(recorded[name]))
+        has_rec = idx.isin(recorded[name])
         if name == "medications":
-            has_map = idx.isin(list(mapped_meds))
+            has_map = idx.isin(mapped_meds)
             why = np.where(
                 ~has_rec,
                 "no_medications_recorded",
@@ -489,10 +626,10 @@ def _drop_below_min_visits(
 
 def _add_profile(
     visits: pd.DataFrame, patients: pd.DataFrame, age_cap: float
-) -> tuple[pd.DataFrame, int]:
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Gender, capped age and the profile fields ("unknown" when missing), in the contract's
-    column order; returns (visits, number of capped ages)."""
-    age, n_capped = admission_age(visits, patients, age_cap)
+    column order; returns (visits, the age counts of ``admission_age``)."""
+    age, age_counts = admission_age(visits, patients, age_cap)
     pat = patients.drop_duplicates("subject_id").set_index("subject_id")
     visits["gender"] = visits["subject_id"].map(pat["gender"])
     visits["age"] = age.to_numpy()
@@ -510,7 +647,7 @@ def _add_profile(
     ]
     visits = visits[cols]
     visits["admittime"] = visits["admittime"].astype("datetime64[us]")
-    return visits, n_capped
+    return visits, age_counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +758,9 @@ def cohort_stats(visits: pd.DataFrame, vocab: dict, ddi: pd.DataFrame) -> dict:
         "mean_diagnoses_per_visit": round(float(visits["diagnoses"].map(len).mean()), 4),
         "mean_procedures_per_visit": round(float(visits["procedures"].map(len).mean()), 4),
         "mean_medications_per_visit": round(float(visits["medications"].map(len).mean()), 4),
+        "max_diagnoses_per_visit": int(visits["diagnoses"].map(len).max()),
+        "max_procedures_per_visit": int(visits["procedures"].map(len).max()),
+        "max_medications_per_visit": int(visits["medications"].map(len).max()),
         "ddi_pairs_in_vocab": int(np.triu(ddi.to_numpy(), k=1).sum()),
         "ddi_rate_ground_truth": ddi_rate_of_visits(
             visits["medications"], vocab["medication"], ddi.to_numpy()

@@ -19,12 +19,25 @@ parameter, and what was expected.
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
+import gzip
+import logging
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from leader_kedro.contracts import IngestInputError
+
+logger = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "mimic3", "mimic4")
 
@@ -155,101 +168,413 @@ def locate_tables(raw_dir: str | Path, source: str) -> dict[str, str]:
     }
 
 
-def read_table(path: str | Path, columns: dict[str, str]) -> pd.DataFrame:
-    """Read the given columns (matched case-insensitively, returned lower-case) and check types."""
+# --------------------------------------------------------------------------------------------
+# File format: compression (by content), encoding, delimiter, header
+# --------------------------------------------------------------------------------------------
+GZIP_MAGIC = b"\x1f\x8b"
+DELIMITERS = (",", ";", "\t", "|")
+# what pandas reads as missing (its default na_values), so that both readers agree
+NULL_VALUES = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
+_HEAD_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How a raw file is written: found from its first bytes, never from its name."""
+
+    compression: str | None  # "gzip" or None
+    encoding: str  # "utf-8" or "latin-1" (a file that is not valid UTF-8)
+    bom: bool  # a UTF-8 byte-order mark (skipped)
+    delimiter: str
+    header: tuple[str, ...]  # the column names as written (Arrow matches them exactly)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "compression": self.compression or "none",
+            "encoding": self.encoding + ("-sig" if self.bom else ""),
+            "delimiter": self.delimiter,
+        }
+
+
+def _damaged(path: Path, exc: BaseException) -> IngestInputError:
+    return IngestInputError(
+        f"Damaged file: {path} cannot be decompressed ({exc.__class__.__name__}: {exc}); it is a "
+        "truncated or corrupt gzip file. Download or copy it again (check it against the "
+        "release's SHA256SUMS)."
+    )
+
+
+def sniff_format(path: str | Path, expected: Sequence[str] = ()) -> FileFormat:
+    """Compression (gzip magic bytes), encoding (UTF-8, a BOM, else latin-1) and delimiter
+    (the one of , ; tab | whose header holds the most ``expected`` columns; ties: the comma)."""
     path = Path(path)
+    with path.open("rb") as fh:
+        magic = fh.read(2)
+    compression = "gzip" if magic == GZIP_MAGIC else None
     try:
-        header = pd.read_csv(path, nrows=0)
-    except pd.errors.EmptyDataError as exc:
-        raise IngestInputError(f"Empty table: {path} has no header and no rows.") from exc
-    by_lower = {str(c).strip().lower(): c for c in header.columns}
+        if compression:
+            with gzip.open(path, "rb") as gz:
+                head = gz.read(_HEAD_BYTES)
+        else:
+            with path.open("rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _damaged(path, exc) from exc
+    bom = head.startswith(codecs.BOM_UTF8)
+    head = head[len(codecs.BOM_UTF8) :] if bom else head
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        encoding = "latin-1"
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode(encoding, errors="replace")
+    if not line.strip():
+        raise IngestInputError(f"Empty table: {path} has no header and no rows.")
+    wanted = {c.lower() for c in expected}
+    best, best_cells, best_score = ",", [], -1
+    for delimiter in DELIMITERS:
+        cells = next(csv.reader([line], delimiter=delimiter))
+        score = sum(c.strip().lower() in wanted for c in cells)
+        if score > best_score:
+            best, best_cells, best_score = delimiter, cells, score
+    return FileFormat(compression, encoding, bom, best, tuple(best_cells))
+
+
+# --------------------------------------------------------------------------------------------
+# Raw tables
+# --------------------------------------------------------------------------------------------
+# Arrow types per kind, from strict to loose: a value the strict type refuses ('123.0' as an id,
+# a date that is not ISO 8601) is read again with the looser type, and a column that is still
+# refused is read as text, where the coercion below names the file, the column and an example.
+_STRICT = {
+    "id": pa.int64(),
+    "int": pa.float64(),
+    "float": pa.float64(),
+    "date": pa.timestamp("s"),
+}
+_LOOSE = {"id": pa.float64(), "int": pa.float64(), "float": pa.float64()}
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+def read_table(
+    path: str | Path, columns: dict[str, str], normalise: dict[str, Callable] | None = None
+) -> pd.DataFrame:
+    """Read the given columns (matched case-insensitively, returned lower-case) and check types.
+
+    Codes and text come back as pandas categoricals (one copy of each distinct value, stripped,
+    empty = missing), ids as ``Int64``, counts and numbers as ``float64``, dates as
+    ``datetime64[s]``. ``normalise`` maps a column to a function applied to its distinct values.
+    """
+    table, fmt = read_arrow(path, columns)
+    return arrow_to_frame(table, columns, Path(path), normalise)
+
+
+def read_arrow(path: str | Path, columns: dict[str, str]) -> tuple[pa.Table, FileFormat]:
+    """The columns as an Arrow table (the file's names; codes dictionary-encoded) and its format."""
+    path = Path(path)
+    fmt = sniff_format(path, list(columns))
+    by_lower = {c.strip().lower(): c for c in fmt.header}
     missing = [c for c in columns if c not in by_lower]
     if missing:
+        found = [c[:40] for c in fmt.header[:40]]
         raise IngestInputError(
             f"Missing or misnamed column(s) {missing} in {path}; expected columns "
-            f"{list(columns)} (upper or lower case), found {list(header.columns)}."
+            f"{list(columns)} (upper or lower case), found {found}."
         )
-    usecols = [by_lower[c] for c in columns]
-    text_cols = {by_lower[c]: "string" for c, kind in columns.items() if kind in ("code", "str")}
-    try:
-        df = pd.read_csv(path, usecols=usecols, dtype=text_cols, engine="pyarrow")
-    except Exception:  # pyarrow refuses some inputs (ragged quoting); the C engine is the fallback
-        df = pd.read_csv(path, usecols=usecols, dtype=text_cols, low_memory=False)
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    df = df[list(columns)]
-    if df.empty:
+    names = {c: by_lower[c] for c in columns}
+    levels = [
+        {names[c]: _STRICT.get(k, _TEXT) for c, k in columns.items()},
+        {names[c]: _LOOSE.get(k, _TEXT) for c, k in columns.items()},
+        {names[c]: _TEXT for c in columns},
+    ]
+    encoding, newlines = fmt.encoding, False
+    level = 0
+    while True:
+        try:
+            table = _csv(path, fmt, encoding, newlines, levels[level])
+            break
+        except pa.ArrowInvalid as exc:
+            msg = str(exc)
+            if "invalid UTF8" in msg and encoding == "utf-8":
+                encoding = "latin-1"  # not UTF-8 past the first 64 KiB
+            elif "CSV parse error" in msg and not newlines:
+                newlines = True  # a quoted value holding a line break
+            elif "CSV parse error" in msg:
+                raise IngestInputError(
+                    f"Malformed CSV: {path}: {msg.removeprefix('CSV parse error: ')}; expected "
+                    f"{len(fmt.header)} fields separated by {fmt.delimiter!r} on every line (a cut "
+                    "file, or a delimiter inside an unquoted value?)."
+                ) from None
+            elif "conversion error" in msg and level < len(levels) - 1:
+                level += 1
+            else:
+                raise IngestInputError(f"Unreadable table {path}: {msg}") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            if fmt.compression:
+                raise _damaged(path, exc) from exc
+            raise IngestInputError(f"Unreadable table {path}: {exc}") from exc
+    if encoding != fmt.encoding:
+        fmt = replace(fmt, encoding=encoding)
+    if table.num_rows == 0:
         raise IngestInputError(
             f"Empty table: {path} has a header but no rows; expected at least one row."
         )
+    return table.rename_columns(list(columns)), fmt
+
+
+def _csv(path: Path, fmt: FileFormat, encoding: str, newlines: bool, types: dict) -> pa.Table:
+    stream = pa.input_stream(str(path), compression=fmt.compression)
+    return pacsv.read_csv(
+        stream,
+        read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 24),
+        parse_options=pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=newlines),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=list(types),
+            column_types=types,
+            null_values=NULL_VALUES,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+
+
+def arrow_to_frame(
+    table: pa.Table, columns: dict[str, str], path: Path, normalise: dict | None = None
+) -> pd.DataFrame:
+    """Arrow columns -> the typed pandas columns of ``read_table``; each Arrow column is freed as
+    soon as it is converted, so that the two copies never coexist for the whole table."""
+    out: dict[str, pd.Series] = {}
     for col, kind in columns.items():
-        df[col] = _coerce(df[col], kind, path, col)
-    return df
+        arr = table.column(col)
+        table = table.drop_columns([col])
+        out[col] = _coerce(arr, kind, path, col, (normalise or {}).get(col))
+        del arr
+    return pd.DataFrame(out)
 
 
-def _coerce(s: pd.Series, kind: str, path: Path, col: str) -> pd.Series:
+def _categories_of(arr: pa.ChunkedArray) -> pd.Series:
+    """A text column as a pandas categorical (the chunks' dictionaries unified)."""
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.cast(pa.string()).dictionary_encode()
+    return arr.to_pandas()
+
+
+def _coerce(arr: pa.ChunkedArray, kind: str, path: Path, col: str, normalise=None) -> pd.Series:
     if kind in ("code", "str"):
-        out = s.astype("string").str.strip()
-        return out.mask(out == "")
+        return clean_categorical(_categories_of(arr), normalise)
+    if kind == "id" and pa.types.is_integer(arr.type):
+        return arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     if kind in ("id", "int", "float"):
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-            out = s
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            out = arr.to_pandas().astype("float64")
         else:
-            out = pd.to_numeric(s.astype("string").str.strip(), errors="coerce")
-            bad = out.isna() & s.notna() & (s.astype("string").str.strip() != "")
+            cat = _categories_of(arr)
+            text = pd.Series(cat.cat.categories, dtype="string").str.strip()
+            parsed = pd.to_numeric(text, errors="coerce")
+            bad = parsed.isna() & text.notna() & (text != "")
             if bad.any():
+                n_bad = int(np.isin(cat.cat.codes, np.flatnonzero(bad.to_numpy())).sum())
                 raise IngestInputError(
                     f"Wrong type in column {col!r} of {path}: expected numbers, found e.g. "
-                    f"{s[bad].iloc[0]!r} ({int(bad.sum())} bad values)."
+                    f"{text[bad].iloc[0]!r} ({n_bad} bad values)."
                 )
+            out = _take(parsed.to_numpy(dtype="float64"), cat.cat.codes.to_numpy())
         if kind == "id":
-            frac = out.dropna() % 1
-            if (frac != 0).any():
+            frac = np.mod(out.to_numpy(), 1)
+            bad_id = ~np.isnan(frac) & (frac != 0)
+            if bad_id.any():
                 raise IngestInputError(
                     f"Wrong type in column {col!r} of {path}: expected integer ids, found "
-                    f"{out.dropna()[frac != 0].iloc[0]!r}."
+                    f"{out[bad_id].iloc[0]!r}."
                 )
             return out.astype("Int64")
-        return out.astype("float64")
+        return out
     if kind == "date":
-        if pd.api.types.is_datetime64_any_dtype(s):
-            return s
-        out = pd.to_datetime(s.astype("string").str.strip(), errors="coerce", format="ISO8601")
-        bad = out.isna() & s.notna() & (s.astype("string").str.strip() != "")
+        if pa.types.is_timestamp(arr.type):
+            return arr.to_pandas().astype("datetime64[s]")
+        cat = _categories_of(arr)
+        text = pd.Series(cat.cat.categories, dtype="string").str.strip()
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        bad = parsed.isna() & text.notna() & (text != "")
         if bad.any():
+            n_bad = int(np.isin(cat.cat.codes, np.flatnonzero(bad.to_numpy())).sum())
             raise IngestInputError(
                 f"Wrong type in column {col!r} of {path}: expected dates like "
-                f"'2164-10-23 21:09:00', found e.g. {s[bad].iloc[0]!r} ({int(bad.sum())} bad values)."
+                f"'2164-10-23 21:09:00', found e.g. {text[bad].iloc[0]!r} ({n_bad} bad values)."
             )
-        return out
+        values = parsed.to_numpy(dtype="datetime64[s]")
+        codes = cat.cat.codes.to_numpy()
+        res = np.where(codes >= 0, values[np.maximum(codes, 0)], np.datetime64("NaT"))
+        return pd.Series(res.astype("datetime64[s]"))
     raise ValueError(kind)
 
 
-def read_raw_tables(paths: dict[str, str], source: str) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Read every raw table into the standard shape; returns (tables, rows_read per table)."""
+def _take(values: np.ndarray, codes: np.ndarray) -> pd.Series:
+    """values[codes] with code -1 (missing) -> NaN."""
+    out = values[np.maximum(codes, 0)] if len(values) else np.full(len(codes), np.nan)
+    return pd.Series(np.where(codes >= 0, out, np.nan))
+
+
+def clean_categorical(s: pd.Series, normalise: Callable | None = None) -> pd.Series:
+    """Strip the distinct values (and ``normalise`` them), empty = missing, categories sorted.
+
+    Works on the categories only, so its cost does not grow with the number of rows. Values that
+    become equal (' 4019', '4019') merge into one category.
+    """
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype("category")
+    cats = pd.Series(s.cat.categories.astype(str), dtype=object).str.strip()
+    if normalise is not None:
+        cats = normalise(cats)
+    cats = cats.where(cats.notna() & (cats != ""), None)
+    uniq = np.array(sorted(set(cats.dropna())), dtype=object)
+    pos = pd.Index(uniq).get_indexer(cats)  # -1 for missing
+    codes = s.cat.codes.to_numpy()
+    new = np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1)
+    return pd.Series(pd.Categorical.from_codes(new.astype(np.int32), categories=uniq))
+
+
+def remove_dots(codes: pd.Series) -> pd.Series:
+    """ICD codes as MIMIC writes them: no dot ('401.9' -> '4019', 'V10.3' -> 'V103')."""
+    return codes.str.replace(".", "", regex=False)
+
+
+_NDC_SCIENTIFIC = re.compile(r"^\d+(\.\d+)?[eE][+-]?\d+$")
+_NDC_FLOAT = re.compile(r"^(\d+)\.0+$")
+_NDC_HYPHENATED = re.compile(r"^(\d{1,5})-(\d{1,4})-(\d{1,2})$")
+
+
+def normalise_ndc(ndc: pd.Series, where: str | None = None) -> pd.Series:
+    """NDCs as MIMIC writes them: 11 digits, leading zeros kept.
+
+    '0338-0586-26' (any hyphenated 5-4-2 form) -> '00338058626' (each part padded);
+    '338058626.0' (written as a number) -> '00338058626'; '338058626' (leading zeros lost, as a
+    spreadsheet does) -> '00338058626'. An NDC in scientific notation ('3.38059E+8') has lost its
+    digits: with ``where`` (the file and column) it stops the ingest; without it stays as it is
+    and maps to nothing.
+    """
+    ndc = ndc.astype(object)
+    text = ndc.dropna().astype(str)
+    sci = text[text.str.match(_NDC_SCIENTIFIC)]
+    if where is not None and len(sci):
+        raise IngestInputError(
+            f"NDC in scientific notation in {where}: e.g. {sci.iloc[0]!r} ({len(sci)} distinct "
+            "values); the digits of these codes are lost (a spreadsheet saved the column as a "
+            "number). Export the column as text: NDCs are 11-digit strings with leading zeros."
+        )
+    hyph = text.str.extract(_NDC_HYPHENATED)
+    is_hyph = hyph[0].notna()
+    text = text.where(~is_hyph, hyph[0].str.zfill(5) + hyph[1].str.zfill(4) + hyph[2].str.zfill(2))
+    text = text.str.replace(_NDC_FLOAT, r"\1", regex=True)
+    text = text.str.replace("-", "", regex=False)
+    short = text.str.fullmatch(r"\d{1,10}")
+    text = text.where(~short, text.str.zfill(11))
+    out = ndc.copy()
+    out[text.index] = text
+    return out
+
+
+@dataclass
+class RawTables:
+    """What ``read_raw_tables`` returns: the standard tables, the rows read per file, the format
+    of each file, and the rows dropped while reading (by file and reason)."""
+
+    tables: dict[str, pd.DataFrame]
+    rows_read: dict[str, int]
+    formats: dict[str, dict[str, Any]]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def read_raw_tables(paths: dict[str, str], source: str) -> RawTables:
+    """Read every raw table into the standard shape (see the module docstring)."""
     specs = table_specs(source)
-    raw = {name: read_table(paths[name], specs[name][1]) for name in specs}
+    raw: dict[str, pd.DataFrame] = {}
+    formats: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, int] = {}
+    mimic4 = _reader_source(source) == "mimic4"
+    code_col = "icd_code" if mimic4 else "icd9_code"
+    for name, (stem, columns) in specs.items():
+        path = Path(paths[name])
+        normalise: dict[str, Callable] = {}
+        if code_col in columns:
+            normalise[code_col] = remove_dots
+        if "ndc" in columns:
+            normalise["ndc"] = lambda s, where=f"column 'ndc' of {path}": normalise_ndc(s, where)
+        table, fmt = read_arrow(path, columns)
+        formats[stem.upper()] = fmt.describe()
+        if fmt.encoding != "utf-8" or fmt.delimiter != "," or fmt.bom:
+            logger.warning("%s: read as %s", path, fmt.describe())
+        raw[name] = arrow_to_frame(table, columns, path, normalise)
+        del table
     rows_read = {specs[name][0]: int(len(df)) for name, df in raw.items()}
-    if _reader_source(source) == "mimic4":
+    if mimic4:
         raw["admissions"] = raw["admissions"].rename(columns={"race": "ethnicity"})
         for name in ("diagnoses", "procedures", "d_diagnoses", "d_procedures"):
-            raw[name] = _versioned(raw[name])
+            raw[name], n_missing = _versioned(raw[name], Path(paths[name]))
+            dropped[f"{specs[name][0].upper()}:icd_version_missing"] = n_missing
         for name in ("d_diagnoses", "d_procedures"):
             raw[name] = raw[name].rename(columns={"long_title": "title"})
     else:
         for name in ("diagnoses", "procedures", "d_diagnoses", "d_procedures"):
             raw[name] = raw[name].rename(columns={"icd9_code": "code"})
-    return raw, rows_read
+    return RawTables(raw, rows_read, formats, dropped)
 
 
-def _versioned(df: pd.DataFrame) -> pd.DataFrame:
-    """MIMIC-IV mixes ICD-9 and ICD-10: ``code = f"{icd_version}_{icd_code}"`` (docs/contracts.md)."""
-    version = df["icd_version"].str.replace(r"\.0$", "", regex=True)
-    code = df["icd_code"].str.replace(".", "", regex=False)
-    out = df.drop(columns=["icd_code", "icd_version"])
-    out.insert(
-        len(out.columns) - (1 if "long_title" in out.columns else 0), "code", version + "_" + code
+ICD_VERSIONS = ("9", "10")
+
+
+def _versioned(df: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]:
+    """MIMIC-IV mixes ICD-9 and ICD-10: ``code = f"{icd_version}_{icd_code}"`` (docs/contracts.md).
+
+    A row with a code and no version is dropped and counted (the same string can be an ICD-9 and
+    an ICD-10 code: '4019' vs '10_4019' cannot be told apart); a version other than 9 or 10 stops
+    with the column named. Returns (table, rows dropped).
+    """
+    version = clean_categorical(df["icd_version"], lambda v: v.str.replace(r"\.0$", "", regex=True))
+    other = [v for v in version.cat.categories if v not in ICD_VERSIONS]
+    if other:
+        raise IngestInputError(
+            f"Wrong value in column 'icd_version' of {path}: expected 9 or 10, found e.g. "
+            f"{other[0]!r}."
+        )
+    code = df["icd_code"]
+    vc, cc = version.cat.codes.to_numpy(np.int64), code.cat.codes.to_numpy(np.int64)
+    n_code = len(code.cat.categories) + 1
+    key = np.where((vc >= 0) & (cc >= 0), vc * n_code + cc, -1)
+    uniq, inv = np.unique(key, return_inverse=True)
+    valid = uniq >= 0
+    vers = np.asarray(version.cat.categories, dtype=object)[uniq[valid] // n_code]
+    base = np.asarray(code.cat.categories, dtype=object)[uniq[valid] % n_code]
+    pos = np.full(len(uniq), -1, dtype=np.int64)
+    pos[valid] = np.arange(int(valid.sum()))
+    labels = pd.Index(vers + "_" + base, dtype=object)
+    combined = clean_categorical(
+        pd.Series(pd.Categorical.from_codes(pos[inv].astype(np.int32), categories=labels))
     )
-    return out
+    no_version = (vc < 0) & (cc >= 0)
+    out = df.drop(columns=["icd_code", "icd_version"])
+    out.insert(len(out.columns) - (1 if "long_title" in out.columns else 0), "code", combined)
+    return out[~no_version].reset_index(drop=True), int(no_version.sum())
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from leader_kedro.ingest.cohort import (
     cohort_stats,
     shared_name_counts,
 )
+from leader_kedro.ingest.meter import StageMeter
 from leader_kedro.ingest.samples import build_samples, sample_stats, split_patients
 from leader_kedro.synthetic.generator import ORACLE_NAME, read_oracle
 
@@ -117,34 +118,41 @@ def load_aux(aux_paths: dict[str, str], cfg: IngestConfig) -> tuple[dict, dict]:
     return aux, stats
 
 
-def build_cohort(manifest: dict, p: IngestConfig) -> dict:
-    """Manifest -> visits, vocab, code_names, ddi_adjacency and the cohort part of the report."""
-    tables, rows_read = mimic.read_raw_tables(manifest["tables"], manifest["source"])
-    aux, aux_stats = load_aux(manifest["aux_files"], p)
-    visits, stats = build_visits(tables, aux, p)
-    vocab = build_vocab(visits, list(p.age_bins))
-    code_names, missing_names = build_code_names(vocab, tables, aux["atc_names"], p.icd_title)
-    ddi = build_ddi_adjacency(vocab["medication"], aux["ddi_pairs"])
-    stats["mapping"]["aux"] = aux_stats
-    stats["mapping"]["codes_without_name"] = missing_names
-    stats["mapping"]["codes_sharing_a_name"] = shared_name_counts(code_names)
-    stats["mapping"]["diagnosis_codes_with_name"] = _cover(
-        vocab["diagnosis"], missing_names["diagnosis"]
-    )
-    stats["mapping"]["procedure_codes_with_name"] = _cover(
-        vocab["procedure"], missing_names["procedure"]
-    )
-    report = {
-        "source": manifest["source"],
-        "rows_read": rows_read,
-        "mapping": stats.pop("mapping"),
-        "dropped": {
-            "rows": stats.pop("rows_dropped"),
-            "visits": stats.pop("visits_dropped"),
-            "patients": stats.pop("patients_dropped"),
-        },
-        "cohort": {**cohort_stats(visits, vocab, ddi), **stats},
-    }
+def build_cohort(manifest: dict, p: IngestConfig, meter: StageMeter | None = None) -> dict:
+    """Manifest -> visits, vocab, code_names, ddi_adjacency and the cohort part of the report.
+
+    ``meter`` times the stages read, map, visits and vocab (wall time, peak memory)."""
+    meter = meter or StageMeter(log=False)
+    with meter.stage("read"):
+        raw = mimic.read_raw_tables(manifest["tables"], manifest["source"])
+        aux, aux_stats = load_aux(manifest["aux_files"], p)
+    tables = raw.tables
+    visits, stats = build_visits(tables, aux, p, manifest["source"], meter)
+    with meter.stage("vocab"):
+        vocab = build_vocab(visits, list(p.age_bins))
+        code_names, missing_names = build_code_names(vocab, tables, aux["atc_names"], p.icd_title)
+        ddi = build_ddi_adjacency(vocab["medication"], aux["ddi_pairs"])
+        stats["mapping"]["aux"] = aux_stats
+        stats["mapping"]["codes_without_name"] = missing_names
+        stats["mapping"]["codes_sharing_a_name"] = shared_name_counts(code_names)
+        stats["mapping"]["diagnosis_codes_with_name"] = _cover(
+            vocab["diagnosis"], missing_names["diagnosis"]
+        )
+        stats["mapping"]["procedure_codes_with_name"] = _cover(
+            vocab["procedure"], missing_names["procedure"]
+        )
+        report = {
+            "source": manifest["source"],
+            "rows_read": raw.rows_read,
+            "file_formats": raw.formats,
+            "mapping": stats.pop("mapping"),
+            "dropped": {
+                "rows": {**raw.dropped, **stats.pop("rows_dropped")},
+                "visits": stats.pop("visits_dropped"),
+                "patients": stats.pop("patients_dropped"),
+            },
+            "cohort": {**cohort_stats(visits, vocab, ddi), **stats},
+        }
     return {
         "visits": visits,
         "vocab": vocab,
@@ -158,22 +166,24 @@ def _cover(codes: list, n_missing: int) -> float:
     return round(1 - n_missing / len(codes), 4) if codes else 0.0
 
 
-def make_splits(visits: pd.DataFrame, cfg: IngestConfig) -> dict:
-    """visits -> samples_{train,val,test}, split_ids and the samples part of the report."""
-    split_ids = split_patients(
-        visits["subject_id"].unique(),
-        method=cfg.split.method,
-        ratios=list(cfg.split.ratios),
-        seed=cfg.split_seed,
-    )
+def make_splits(visits: pd.DataFrame, cfg: IngestConfig, meter: StageMeter | None = None) -> dict:
+    """visits -> samples_{train,val,test}, split_ids and the samples part of the report.
+
+    ``meter`` times the stages split and samples."""
+    meter = meter or StageMeter(log=False)
+    with meter.stage("split"):
+        split_ids = split_patients(
+            visits["subject_id"].unique(),
+            method=cfg.split.method,
+            ratios=list(cfg.split.ratios),
+            seed=cfg.split_seed,
+        )
     train_p, eval_p = cfg.sample_protocol, cfg.eval_sample_protocol
-    samples = build_samples(visits, split_ids, train_p, eval_p)
-    protocols = {"train": train_p, "val": eval_p, "test": eval_p}
-    return {
-        "samples": samples,
-        "split_ids": split_ids,
-        "report": sample_stats(samples, protocols),
-    }
+    with meter.stage("samples"):
+        samples = build_samples(visits, split_ids, train_p, eval_p)
+        protocols = {"train": train_p, "val": eval_p, "test": eval_p}
+        report = sample_stats(samples, protocols)
+    return {"samples": samples, "split_ids": split_ids, "report": report}
 
 
 def oracle_predictions(manifest: Mapping, samples: pd.DataFrame, vocab: Mapping) -> pd.DataFrame:
@@ -192,20 +202,27 @@ def oracle_predictions(manifest: Mapping, samples: pd.DataFrame, vocab: Mapping)
 
 
 def run_ingest(
-    source: str, raw_dir: str | Path, aux_dir: str | Path, ingest: dict, seed: int
+    source: str,
+    raw_dir: str | Path,
+    aux_dir: str | Path,
+    ingest: dict,
+    seed: int,
+    meter: StageMeter | None = None,
 ) -> dict:
     """Everything in one call (benchmark, notebooks): returns the outputs and the full report."""
+    meter = meter or StageMeter(log=False)
     cfg = ingest_config(ingest, seed)
     manifest = locate_inputs(source, str(raw_dir), str(aux_dir), cfg)
-    cohort = build_cohort(manifest, cfg)
-    splits = make_splits(cohort["visits"], cfg)
+    cohort = build_cohort(manifest, cfg, meter)
+    splits = make_splits(cohort["visits"], cfg, meter)
     report = {
         **cohort["report"],
         "samples": splits["report"],
         "parameters": {"ingest": effective_params(cfg), "seed": seed},
     }
-    oracle = {
-        split: oracle_predictions(manifest, splits["samples"][split], cohort["vocab"])
-        for split in ("val", "test")
-    }
+    with meter.stage("oracle"):
+        oracle = {
+            split: oracle_predictions(manifest, splits["samples"][split], cohort["vocab"])
+            for split in ("val", "test")
+        }
     return {**cohort, **splits, "oracle": oracle, "report": report, "manifest": manifest}

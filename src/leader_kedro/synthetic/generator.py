@@ -193,8 +193,34 @@ def _take(values: list[str] | pa.Array, idx: np.ndarray, mask: np.ndarray | None
 
 def _dates(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     """int seconds since 1970 -> 'YYYY-MM-DD HH:MM:SS' strings (null where mask)."""
-    ts = pa.array(seconds.astype("datetime64[s]"), mask=mask)
-    return ts.cast(pa.string())
+    return _timestamps(seconds, mask).cast(pa.string())
+
+
+def _timestamps(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    """The dates of ``_dates`` kept as timestamps (8 bytes a row); ``_as_text`` casts them."""
+    return pa.array(seconds.astype("datetime64[s]"), mask=mask)
+
+
+def _take_encoded(values: list[str], idx: np.ndarray, mask: np.ndarray | None = None):
+    """``_take`` kept dictionary-encoded (4 bytes a row); ``_as_text`` decodes it."""
+    ind = pa.array(idx.astype(np.int32), mask=mask)
+    return pa.DictionaryArray.from_arrays(ind, _labels(values))
+
+
+def _as_text(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded text and timestamp columns as the strings they stand for."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type) or pa.types.is_timestamp(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
+
+
+def _write_csv(table: pa.Table, path: Path, opts: pacsv.WriteOptions, rows: int = 1 << 20):
+    """``pacsv.write_csv`` slice by slice: only one slice at a time is decoded to text, so the
+    17-million-row PRESCRIPTIONS table never exists as strings in memory."""
+    with pacsv.CSVWriter(path, _as_text(table.slice(0, 0)).schema, write_options=opts) as out:
+        for start in range(0, table.num_rows, rows):
+            out.write_table(_as_text(table.slice(start, rows)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -987,11 +1013,11 @@ def _prescriptions_table(rng, cat: pd.DataFrame, rx: _Prescriptions, v_subject, 
         "SUBJECT_ID": pa.array(v_subject[rx.visit]),
         "HADM_ID": pa.array(hadm_id[rx.visit]),
         "ICUSTAY_ID": pa.array(rx.icustay[rx.visit], mask=rx.icu_null),
-        "STARTDATE": _dates(rx.start),
-        "ENDDATE": _dates(rx.end),
+        "STARTDATE": _timestamps(rx.start),
+        "ENDDATE": _timestamps(rx.end),
     }
     for col in COLUMNS["PRESCRIPTIONS"][6:]:
-        presc[col] = _take(item_cols[col], rx.item, ndc_null if col == "NDC" else None)
+        presc[col] = _take_encoded(item_cols[col], rx.item, ndc_null if col == "NDC" else None)
     return pa.table({c: presc[c] for c in COLUMNS["PRESCRIPTIONS"]})
 
 
@@ -1177,7 +1203,7 @@ def _mechanism(params: SyntheticConfig | Mapping[str, Any] | None) -> SyntheticC
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return _as_text(table).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
 def write_cohort(
@@ -1207,9 +1233,10 @@ def write_cohort(
     aux_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     opts = pacsv.WriteOptions(quoting_style="needed")
+    row_counts = {k: int(t.num_rows) for k, t in tables.items()}
     for name in RAW_TABLES:
         path = raw_dir / f"{name}.csv"
-        pacsv.write_csv(tables[name], path, opts)
+        _write_csv(tables.pop(name), path, opts)  # each table freed once written
         paths[name] = str(path)
     pq.write_table(tables["ORACLE"], raw_dir / ORACLE_NAME)
     paths["ORACLE"] = str(raw_dir / ORACLE_NAME)
@@ -1232,7 +1259,7 @@ def write_cohort(
         "seed": int(seed),
         "mechanism": {k: v for k, v in as_dict(cfg).items() if k not in ("n_patients", "seed")},
         "paths": paths,
-        "row_counts": {k: int(t.num_rows) for k, t in tables.items()},
+        "row_counts": row_counts,
     }
     (raw_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return manifest
