@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leader_kedro.contracts import PROFILE_FIELDS, predictions_frame
+from leader_kedro.contracts import predictions_frame
 from leader_kedro.torch_threads import torch_threads
 
 PAD = 0
@@ -926,7 +926,7 @@ def count_parameters(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-_POOL: list = []  # the inference thread pool, made on first use
+_POOL: dict[int, Any] = {}  # inference thread pools by size, made on first use
 
 
 def inference_workers() -> int:
@@ -937,9 +937,9 @@ def inference_workers() -> int:
 def _pool(workers: int):
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[0]._max_workers < workers:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leader-student")]
-    return _POOL[0]
+    if workers not in _POOL:
+        _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="leader-student")
+    return _POOL[workers]
 
 
 def predict_proba_encoded(
@@ -1066,7 +1066,6 @@ def load_bundle(directory) -> StudentBundle:
 
 
 __all__ = [
-    "PROFILE_FIELDS",
     "EncodedSamples",
     "LeaderStudent",
     "SampleEncoder",
