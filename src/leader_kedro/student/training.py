@@ -407,13 +407,13 @@ def _job(cfg: DistillConfig, prepared: Prepared, variant: str, seed: int) -> Tra
     vcfg = variant_config(cfg, variant, seed)
     bundle, info = fit(vcfg, prepared, variant)
     bs = cfg.training.eval_batch_size
-    with torch_threads(cfg.training.num_threads):
-        val = predict_proba_encoded(bundle.module, prepared.val, bs)
-        test = (
-            predict_proba_encoded(bundle.module, prepared.test, bs)
-            if prepared.test is not None
-            else None
-        )
+    # one thread: the other cores are busy with the other students
+    val = predict_proba_encoded(bundle.module, prepared.val, bs, workers=1)
+    test = (
+        predict_proba_encoded(bundle.module, prepared.test, bs, workers=1)
+        if prepared.test is not None
+        else None
+    )
     return TrainedStudent(variant, seed, bundle, info, val, test)
 
 
@@ -421,9 +421,7 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _worker_init(cfg: DistillConfig, prepared: Prepared) -> None:
-    threads = cfg.training.num_threads or 1
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(cfg.training.num_threads or 1)
     _WORKER_STATE.update(cfg=cfg, prepared=prepared)
 
 
