@@ -346,9 +346,10 @@ def _lists(rows: pd.DataFrame) -> pd.Series:
     first = np.zeros(len(pair), dtype=bool)
     first[np.unique(pair, return_index=True)[1]] = True  # first position of each (visit, code)
     h, c = h[first], c[first]
-    names = np.asarray(uniques, dtype=object)[c]
+    flat = np.asarray(uniques, dtype=object)[c].tolist()  # one str object per distinct code
     starts = np.r_[0, np.flatnonzero(h[1:] != h[:-1]) + 1]
-    lists = [chunk.tolist() for chunk in np.split(names, starts[1:])]
+    ends = np.r_[starts[1:], len(flat)]
+    lists = [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
     # plain object column of Python lists (pandas 3 would otherwise infer an Arrow list dtype,
     # whose parquet metadata pandas cannot read back)
     return pd.Series(lists, index=pd.Index(h[starts], name="hadm_id"), dtype=object)
@@ -654,7 +655,7 @@ def _add_profile(
 # Vocab, names, DDI
 # --------------------------------------------------------------------------------------------
 def _unique_sorted(col: pd.Series) -> list[str]:
-    return sorted({str(c) for c in chain.from_iterable(col)})
+    return sorted(str(c) for c in set(chain.from_iterable(col)))
 
 
 def build_vocab(visits: pd.DataFrame, age_bins: list[float]) -> dict:
@@ -663,7 +664,8 @@ def build_vocab(visits: pd.DataFrame, age_bins: list[float]) -> dict:
         SPECIAL_TOKENS + [f"M_{m}" for m in meds] + [f"D_{d}" for d in dx] + [f"P_{c}" for c in px]
     )
     profile = {
-        f: ["unknown"] + sorted(set(visits[f].astype(str)) - {"unknown"}) for f in PROFILE_FIELDS
+        f: ["unknown"] + sorted({str(v) for v in pd.unique(visits[f])} - {"unknown"})
+        for f in PROFILE_FIELDS
     }
     return {
         "medication": meds,
@@ -724,12 +726,12 @@ def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.nd
     """Pooled DDI rate of the ground-truth medication sets (interacting pairs / all pairs)."""
     from scipy import sparse
 
-    lengths = medications.map(len).to_numpy()
+    lengths = _lengths(medications)
     if lengths.sum() == 0:
         return 0.0
     rows = np.repeat(np.arange(len(medications)), lengths)
-    flat = pd.Categorical(list(chain.from_iterable(medications)), categories=vocab_meds)
-    cols = np.asarray(flat.codes)
+    flat = np.fromiter(chain.from_iterable(medications), dtype=object, count=int(lengths.sum()))
+    cols = pd.Index(vocab_meds, dtype=object).get_indexer(flat)
     ok = cols >= 0
     y = sparse.csr_matrix(
         (np.ones(int(ok.sum()), dtype=np.float64), (rows[ok], cols[ok])),
@@ -743,8 +745,13 @@ def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.nd
     return round(inter / total, 6) if total else 0.0
 
 
+def _lengths(col: pd.Series) -> np.ndarray:
+    return np.fromiter(map(len, col), dtype=np.int64, count=len(col))
+
+
 def cohort_stats(visits: pd.DataFrame, vocab: dict, ddi: pd.DataFrame) -> dict:
     n_vis = visits.groupby("subject_id").size()
+    n_dx, n_px, n_med = (_lengths(visits[c]) for c in CODE_TYPES)
     return {
         "patients": int(len(n_vis)),
         "visits": int(len(visits)),
@@ -755,12 +762,12 @@ def cohort_stats(visits: pd.DataFrame, vocab: dict, ddi: pd.DataFrame) -> dict:
         "n_medications": len(vocab["medication"]),
         "n_diagnoses": len(vocab["diagnosis"]),
         "n_procedures": len(vocab["procedure"]),
-        "mean_diagnoses_per_visit": round(float(visits["diagnoses"].map(len).mean()), 4),
-        "mean_procedures_per_visit": round(float(visits["procedures"].map(len).mean()), 4),
-        "mean_medications_per_visit": round(float(visits["medications"].map(len).mean()), 4),
-        "max_diagnoses_per_visit": int(visits["diagnoses"].map(len).max()),
-        "max_procedures_per_visit": int(visits["procedures"].map(len).max()),
-        "max_medications_per_visit": int(visits["medications"].map(len).max()),
+        "mean_diagnoses_per_visit": round(float(n_dx.mean()), 4),
+        "mean_procedures_per_visit": round(float(n_px.mean()), 4),
+        "mean_medications_per_visit": round(float(n_med.mean()), 4),
+        "max_diagnoses_per_visit": int(n_dx.max()),
+        "max_procedures_per_visit": int(n_px.max()),
+        "max_medications_per_visit": int(n_med.max()),
         "ddi_pairs_in_vocab": int(np.triu(ddi.to_numpy(), k=1).sum()),
         "ddi_rate_ground_truth": ddi_rate_of_visits(
             visits["medications"], vocab["medication"], ddi.to_numpy()

@@ -1,16 +1,18 @@
-"""Wall time and peak memory of each ingest stage (read, map, visits, vocab, split, samples, write).
+"""Wall time and peak memory of each ingest stage (read, map, visits, vocab, split, samples, ...).
 
-The peak of a stage is the process's resident-set high-water mark while the stage ran: on Linux
-the mark is reset at the start of each stage (``/proc/self/clear_refs``, value 5) and read from
-``VmHWM`` at its end. Where that is unavailable the mark cannot be reset, and the peak shown is
-the process's peak so far (``ru_maxrss``), which the report says (``peak_kind``).
+The peak of a stage is the largest resident set seen while it ran. A thread samples the
+process's resident set every 10 ms during the stage (``/proc/self/statm``); when the stage raises
+the process's high-water mark (``VmHWM``) the peak is that mark, exact. The process's own mark is
+never reset, so ``/usr/bin/time`` or ``getrusage`` of a parent still see the true peak.
+Without ``/proc`` (not Linux) only the wall time is measured and the peaks are 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import resource
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,75 +22,116 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-GIB = 1024**3
+_STATM = Path("/proc/self/statm")
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+_KIB_PER_GIB = 1024**2
 
 
-def _status_kib(field: str) -> int | None:
+def _rss_kib() -> int:
     try:
-        m = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.M)
+        return int(_STATM.read_text().split()[1]) * _PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _hwm_kib() -> int:
+    try:
+        m = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.M)
     except OSError:
-        return None
-    return int(m.group(1)) if m else None
+        return 0
+    return int(m.group(1)) if m else 0
 
 
 def rss_gib() -> float:
-    """The process's resident set now, in GiB (0 where /proc is missing)."""
-    kib = _status_kib("VmRSS")
-    return kib / 1024**2 if kib is not None else 0.0
+    """The process's resident set now, in GiB."""
+    return _rss_kib() / _KIB_PER_GIB
 
 
-def reset_peak() -> bool:
-    """Reset the resident-set high-water mark; False where the system does not allow it."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
+def process_peak_gib() -> float:
+    """The process's resident-set high-water mark since it started, in GiB."""
+    return _hwm_kib() / _KIB_PER_GIB
 
 
-def peak_gib() -> float:
-    """The resident-set high-water mark (since the last reset), in GiB."""
-    kib = _status_kib("VmHWM")
-    if kib is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS; never reset
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 1024**2
+class _Sampler(threading.Thread):
+    """Keeps the largest resident set seen, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        super().__init__(daemon=True, name="ingest-meter")
+        self.interval = interval
+        self.max_kib = _rss_kib()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.max_kib = max(self.max_kib, _rss_kib())
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.max_kib, _rss_kib())
 
 
 class StageMeter:
-    """Times stages and records their peak memory; ``log=True`` logs each stage as it ends."""
+    """Times stages and records their peak memory; ``log=True`` logs each stage as it ends.
+
+    Each finished stage is a dict (``stage``, ``wall_s``, ``peak_gib``, ``rss_after_gib``) in
+    ``stages``; a log record carries it as ``record.ingest_stage``, so a handler can collect the
+    stages of a Kedro run (``python -m leader_kedro.bench ingest --kedro``).
+    """
 
     def __init__(self, log: bool = True) -> None:
         self.stages: list[dict[str, Any]] = []
         self.log = log
-        self.resettable = reset_peak()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        reset = reset_peak()
-        t0 = time.perf_counter()
+        running = self.begin(name)
         try:
             yield
         finally:
-            row = {
-                "stage": name,
-                "wall_s": round(time.perf_counter() - t0, 2),
-                "peak_gib": round(peak_gib(), 2),
-                "rss_after_gib": round(rss_gib(), 2),
-                "peak_kind": "stage" if reset else "process",
-            }
-            self.stages.append(row)
-            if self.log:
-                logger.info(
-                    "ingest stage %-8s %7.2f s   peak %5.2f GiB   (resident after %.2f GiB)",
-                    name,
-                    row["wall_s"],
-                    row["peak_gib"],
-                    row["rss_after_gib"],
-                )
+            self.end(running)
+
+    def begin(self, name: str) -> tuple[str, int, _Sampler, float]:
+        """Start measuring a stage (``stage`` is the context-manager form); ``end`` stops it."""
+        sampler = _Sampler()
+        sampler.start()
+        return name, _hwm_kib(), sampler, time.perf_counter()
+
+    def end(self, running: tuple[str, int, _Sampler, float], **extra: Any) -> dict[str, Any]:
+        name, hwm_before, sampler, t0 = running
+        wall = time.perf_counter() - t0
+        peak = sampler.stop()
+        hwm_after = _hwm_kib()
+        if hwm_after > hwm_before:  # a new process record: the mark is this stage's peak
+            peak = max(peak, hwm_after)
+        return self.record(name, wall, peak / _KIB_PER_GIB, **extra)
+
+    def record(self, name: str, wall_s: float, peak_gib: float, **extra: Any) -> dict[str, Any]:
+        row = {
+            "stage": name,
+            "wall_s": round(wall_s, 2),
+            "peak_gib": round(peak_gib, 2),
+            "rss_after_gib": round(rss_gib(), 2),
+            **extra,
+        }
+        self.stages.append(row)
+        if self.log:
+            logger.info(
+                "ingest stage %-8s %7.2f s   peak %5.2f GiB   (resident after %.2f GiB)",
+                name,
+                row["wall_s"],
+                row["peak_gib"],
+                row["rss_after_gib"],
+                extra={"ingest_stage": row},
+            )
+        return row
 
     def table(self) -> str:
         """The stages as a fixed-width text table (what the benchmark prints)."""
-        lines = [f"{'stage':<10}{'wall s':>9}{'peak GiB':>10}"]
-        lines += [f"{r['stage']:<10}{r['wall_s']:>9.2f}{r['peak_gib']:>10.2f}" for r in self.stages]
-        return "\n".join(lines)
+        return stage_table(self.stages)
+
+
+def stage_table(stages: list[dict[str, Any]]) -> str:
+    lines = [f"{'stage':<10}{'wall s':>9}{'peak GiB':>10}"]
+    lines += [f"{r['stage']:<10}{r['wall_s']:>9.2f}{r['peak_gib']:>10.2f}" for r in stages]
+    return "\n".join(lines)

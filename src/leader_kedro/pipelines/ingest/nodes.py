@@ -16,6 +16,7 @@ def prepare_raw(
     """Write the synthetic cohort when ``source: synthetic``, then check that every input exists."""
     from leader_kedro.ingest import readers as mimic
     from leader_kedro.ingest import stage as ingest_core
+    from leader_kedro.ingest.meter import StageMeter
 
     mimic.check_source(source)
     written = None
@@ -23,7 +24,8 @@ def prepare_raw(
         from leader_kedro.synthetic import generator as synth
 
         scfg = synth.synthetic_config(synthetic)
-        written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed, scfg)
+        with StageMeter().stage("generate"):
+            written = synth.write_cohort(raw_dir, aux_dir, scfg.n_patients, scfg.seed, scfg)
     cfg = ingest_core.ingest_config(ingest, seed)
     manifest = ingest_core.locate_inputs(source, raw_dir, aux_dir, cfg)
     manifest["synthetic"] = written
@@ -33,18 +35,25 @@ def prepare_raw(
 
 
 def build_cohort(raw_manifest: dict, ingest: dict, seed: int):
-    """Raw tables -> visits, vocab, code_names, ddi_adjacency (+ the cohort part of the report)."""
-    from leader_kedro.ingest import stage as ingest_core
+    """Raw tables -> visits, vocab, code_names, ddi_adjacency (+ the cohort part of the report).
 
-    out = ingest_core.build_cohort(raw_manifest, ingest_core.ingest_config(ingest, seed))
+    Logs the wall time and peak memory of the stages read, map, visits and vocab."""
+    from leader_kedro.ingest import stage as ingest_core
+    from leader_kedro.ingest.meter import StageMeter
+
+    cfg = ingest_core.ingest_config(ingest, seed)
+    out = ingest_core.build_cohort(raw_manifest, cfg, StageMeter())
     return out["visits"], out["vocab"], out["code_names"], out["ddi_adjacency"], out["report"]
 
 
 def make_splits(visits: pd.DataFrame, ingest: dict, seed: int):
-    """visits -> samples_{train,val,test}, split_ids (+ the samples part of the report)."""
-    from leader_kedro.ingest import stage as ingest_core
+    """visits -> samples_{train,val,test}, split_ids (+ the samples part of the report).
 
-    out = ingest_core.make_splits(visits, ingest_core.ingest_config(ingest, seed))
+    Logs the wall time and peak memory of the stages split and samples."""
+    from leader_kedro.ingest import stage as ingest_core
+    from leader_kedro.ingest.meter import StageMeter
+
+    out = ingest_core.make_splits(visits, ingest_core.ingest_config(ingest, seed), StageMeter())
     s = out["samples"]
     return s["train"], s["val"], s["test"], out["split_ids"], out["report"]
 
@@ -54,10 +63,13 @@ def oracle_predictions(
 ):
     """The synthetic generator's true probabilities for val and test (no rows for real MIMIC)."""
     from leader_kedro.ingest import stage as ingest_core
+    from leader_kedro.ingest.meter import StageMeter
 
-    val, test = (
-        ingest_core.oracle_predictions(raw_manifest, s, vocab) for s in (samples_val, samples_test)
-    )
+    with StageMeter().stage("oracle"):
+        val, test = (
+            ingest_core.oracle_predictions(raw_manifest, s, vocab)
+            for s in (samples_val, samples_test)
+        )
     if val.empty and len(samples_val):
         logger.info("no oracle for source %s: the evaluation leaves it out", raw_manifest["source"])
     return val, test
