@@ -92,7 +92,7 @@ def test_pyfunc_rejects_inconsistent_histories(trained):
 def test_register_without_run_is_reported_not_raised(trained):
     cohort, bundle = trained
     assert mlflow.active_run() is None
-    out = register_student(bundle, cohort["samples_test"], {}, PARAMS)
+    out = register_student(bundle, cohort["samples_val"], cohort["ddi_adjacency"], {}, PARAMS)
     assert out["registered"] is False and "MLflow run" in out["reason"]
 
 
@@ -104,21 +104,28 @@ def test_registered_model_loads_in_a_fresh_process_and_scores_a_new_patient(trai
     try:
         exp = mlflow.create_experiment("leader_test", artifact_location=str(tmp_path / "artifacts"))
         with mlflow.start_run(experiment_id=exp):
-            info = register_student(bundle, cohort["samples_test"], {}, PARAMS)
+            info = register_student(
+                bundle,
+                cohort["samples_val"],
+                cohort["ddi_adjacency"],
+                {"training": {"student": {"best_val_prauc": 0.5}}},
+                PARAMS,
+            )
     finally:
         mlflow.set_tracking_uri(previous)
     assert info["registered"] is True and info["registered_model_version"] == 1
+    assert info["champion"] is True  # the first version: there was no champion
     assert "Array(Array(string))" in info["signature"]
 
     script = textwrap.dedent(
         f"""
         import json, mlflow, pandas as pd
         mlflow.set_tracking_uri({uri!r})
-        model = mlflow.pyfunc.load_model("models:/leader-student/1")
-        out = model.predict(pd.DataFrame([json.loads({json.dumps(json.dumps(NEW_PATIENT))})]))
-        print("RESULT" + out.to_json(orient="records"))
-        bare = model.predict(pd.DataFrame([{{"diagnoses": [["4019"]], "procedures": [["3893"]], "medications": []}}]))
-        print("BARE", len(bare))
+        model = mlflow.pyfunc.load_model("models:/leader-student@champion")
+        out = model.predict([json.loads({json.dumps(json.dumps(NEW_PATIENT))})])
+        print("RESULT" + json.dumps([r.model_dump() for r in out[0].recommendations]))
+        bare = model.predict([{{"diagnoses": [["4019"]], "procedures": [["3893"]], "medications": []}}])
+        print("BARE", len(bare[0].recommendations))
         """
     )
     proc = subprocess.run(

@@ -185,9 +185,15 @@ def _test_by_seed(samples_test, vocab, seed_predictions: pd.DataFrame, cfg) -> d
 
 
 def register_student(
-    student_model, samples_test: pd.DataFrame, distill_metrics: dict, params: dict
+    student_model,
+    samples_val: pd.DataFrame,
+    ddi_adjacency: pd.DataFrame,
+    distill_metrics: dict,
+    params: dict,
 ) -> dict:
-    """Log + register the student as the MLflow pyfunc ``leader-student`` when a run is active."""
+    """Log + register the student as the MLflow pyfunc ``leader-student`` when a run is active;
+    the new version becomes ``champion`` only when its val PRAUC beats the current champion's
+    (``student/registry.py``). The run's feature-cache lineage tags go onto the version."""
     import mlflow
 
     from leader_kedro.student.training import distill_config
@@ -195,18 +201,27 @@ def register_student(
     reg = distill_config(params).registry
     if not reg.enabled:
         return {"registered": False, "reason": "distill.registry.enabled is false"}
-    if mlflow.active_run() is None:
+    run = mlflow.active_run()
+    if run is None:
         reason = "no active MLflow run (tracking is off for this environment/pipeline)"
         logger.warning("leader-student not registered: %s", reason)
         return {"registered": False, "reason": reason}
-    from leader_kedro.student.serving import log_student_model
+    from leader_kedro.student import registry
+    from leader_kedro.student.service import ddi_pairs
 
-    info = log_student_model(
+    training = (distill_metrics.get("training") or {}).get("student") or {}
+    tags = {
+        **registry.lineage_tags(run.info.run_id),
+        "val_set_fingerprint": registry.val_set_fingerprint(samples_val["sample_id"].tolist()),
+    }
+    info = registry.log_student(
         student_model,
-        samples_test,
-        name=reg.artifact_name,
-        registered_model_name=reg.model_name,
+        ddi_pairs(ddi_adjacency, list(student_model.vocab["medication"])),
+        artifact_name=reg.artifact_name,
+        model_name=reg.model_name,
         top_k=reg.top_k,
+        val_prauc=training.get("best_val_prauc"),
+        tags=tags,
     )
     overall = ((distill_metrics.get("test") or {}).get("student") or {}).get("overall") or {}
-    return {"registered": True, **info, "test_overall": overall}
+    return {"registered": True, **info, "lineage": tags, "test_overall": overall}

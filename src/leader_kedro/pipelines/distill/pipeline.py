@@ -77,7 +77,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.register_student,
-                ["student_model", "samples_test", "distill_metrics", "params:distill"],
+                [
+                    "student_model",
+                    "samples_val",
+                    "ddi_adjacency",
+                    "distill_metrics",
+                    "params:distill",
+                ],
                 "student_registration",
                 name="register_student",
                 tags=["distill", "registry"],
