@@ -158,7 +158,24 @@ def find_table(raw_dir: str | Path, stem: str, source: str) -> Path:
         f"Missing file: expected {stem}.csv or {stem}.csv.gz (upper or lower case) in "
         + " or ".join(str(f) for f in folders)
         + f" for source {source!r}."
+        + _where_else(raw_dir, names, folders, source)
     )
+
+
+def _where_else(raw_dir: Path, names: list[str], folders: list[Path], source: str) -> str:
+    """A hint for a missing table: the same file in another folder, or the other MIMIC layout."""
+    found = sorted(
+        (p for p in raw_dir.rglob("*") if p.name in names and p.parent not in folders),
+        key=lambda p: (len(p.parts), str(p)),
+    )[:1]
+    if found:
+        return (
+            f" It is in another folder, {found[0].parent}, which is not read: move it to "
+            f"{folders[0]}, or point raw_dir to the folder holding all the tables."
+        )
+    if _reader_source(source) == "mimic3" and (raw_dir / "hosp").is_dir():
+        return " raw_dir has a hosp/ folder: it looks like MIMIC-IV (use --env mimic4)."
+    return ""
 
 
 def locate_tables(raw_dir: str | Path, source: str) -> dict[str, str]:
@@ -216,9 +233,13 @@ class FileFormat:
         }
 
 
+def _name(exc: BaseException) -> str:
+    return "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+
+
 def _damaged(path: Path, exc: BaseException) -> IngestInputError:
     return IngestInputError(
-        f"Damaged file: {path} cannot be decompressed ({exc.__class__.__name__}: {exc}); it is a "
+        f"Damaged file: {path} cannot be decompressed ({_name(exc)}: {exc}); it is a "
         "truncated or corrupt gzip file. Download or copy it again (check it against the "
         "release's SHA256SUMS)."
     )
@@ -478,9 +499,9 @@ def normalise_ndc(ndc: pd.Series, where: str | None = None) -> pd.Series:
     sci = text[text.str.match(_NDC_SCIENTIFIC)]
     if where is not None and len(sci):
         raise IngestInputError(
-            f"NDC in scientific notation in {where}: e.g. {sci.iloc[0]!r} ({len(sci)} distinct "
-            "values); the digits of these codes are lost (a spreadsheet saved the column as a "
-            "number). Export the column as text: NDCs are 11-digit strings with leading zeros."
+            f"NDC in scientific notation in {where}: e.g. {sci.iloc[0]!r} (distinct values: "
+            f"{len(sci)}); the digits of these codes are lost (a spreadsheet saved the column as "
+            "a number). Export the column as text: NDCs are 11-digit strings with leading zeros."
         )
     hyph = text.str.extract(_NDC_HYPHENATED)
     is_hyph = hyph[0].notna()
@@ -599,10 +620,20 @@ def find_aux(aux_dir: str | Path, filename: str, parameter: str) -> Path:
     return matches[0]
 
 
+def _read_text(path: Path) -> str:
+    """A small text file: UTF-8 (a byte-order mark skipped), else latin-1."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        logger.warning("%s is not UTF-8: read as latin-1", path)
+        return data.decode("latin-1")
+
+
 def read_ndc2rxnorm(path: str | Path) -> pd.DataFrame:
     """GAMENet ``ndc2rxnorm_mapping.txt``: a Python dict literal, parsed with ``ast.literal_eval``."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8").strip()
+    text = _read_text(path).strip()
     if not text:
         raise IngestInputError(
             f"Empty table: {path} is empty; expected a dict literal {{'NDC': 'RXCUI'}}."
@@ -621,7 +652,8 @@ def read_ndc2rxnorm(path: str | Path) -> pd.DataFrame:
     df = pd.DataFrame({"ndc": list(mapping.keys()), "rxcui": list(mapping.values())}).astype(
         "string"
     )
-    df["ndc"], df["rxcui"] = df["ndc"].str.strip(), df["rxcui"].str.strip()
+    df["ndc"], df["rxcui"] = normalise_ndc(df["ndc"].str.strip()), df["rxcui"].str.strip()
+    df["ndc"] = df["ndc"].astype("string")
     df = df[df["rxcui"].notna() & (df["rxcui"] != "")]
     if df.empty:
         raise IngestInputError(f"Empty table: {path} holds no NDC->RXCUI pairs.")
@@ -629,10 +661,26 @@ def read_ndc2rxnorm(path: str | Path) -> pd.DataFrame:
 
 
 def _read_aux_csv(path: Path, columns: list[str], what: str, header: bool = True) -> pd.DataFrame:
+    """A small aux CSV: format sniffed like the raw tables (gzip, UTF-8/BOM/latin-1, delimiter)."""
+    fmt = sniff_format(path, columns)
+    kwargs: dict[str, Any] = {
+        "dtype": "string",
+        "sep": fmt.delimiter,
+        "compression": "gzip" if fmt.compression else None,
+    }
     try:
-        df = pd.read_csv(path, dtype="string")
+        try:
+            df = pd.read_csv(
+                path, encoding="utf-8-sig" if fmt.encoding == "utf-8" else "latin-1", **kwargs
+            )
+        except UnicodeDecodeError:  # not UTF-8 past the first 64 KiB
+            df = pd.read_csv(path, encoding="latin-1", **kwargs)
     except pd.errors.EmptyDataError as exc:
         raise IngestInputError(f"Empty table: {path} ({what}) is empty.") from exc
+    except pd.errors.ParserError as exc:
+        raise IngestInputError(f"Malformed CSV: {path} ({what}): {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _damaged(path, exc) from exc
     df.columns = [str(c).strip().lower() for c in df.columns]
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -675,11 +723,14 @@ def read_ndc2atc3(path: str | Path) -> tuple[pd.DataFrame, dict]:
     ATC codes are cut to their first 4 characters; an NDC with several ATC3 keeps the first sorted.
     """
     path = Path(path)
-    header = [c.strip().lower() for c in pd.read_csv(path, nrows=0).columns]
+    header = [
+        c.strip().lower() for c in sniff_format(path, ["ndc", "ndc11", "atc3", "atc4"]).header
+    ]
     ndc_col = "ndc11" if "ndc11" in header and "ndc" not in header else "ndc"
     atc_col = "atc4" if "atc4" in header and "atc3" not in header else "atc3"
     df = _read_aux_csv(path, [ndc_col, atc_col], "NDC->ATC3 table")
     df = df.rename(columns={ndc_col: "ndc", atc_col: "atc3"})
+    df["ndc"] = normalise_ndc(df["ndc"]).astype("string")
     df["atc3"] = df["atc3"].str[:4]
     df = df.drop_duplicates()
     n_multi = int((df.groupby("ndc")["atc3"].nunique() > 1).sum())
@@ -706,11 +757,10 @@ def read_drug_atc(path: str | Path) -> pd.DataFrame:
     """GAMENet ``drug-atc.csv``: no header, a CID then 1..n ATC codes per line -> (cid, atc3)."""
     path = Path(path)
     rows: list[tuple[str, str]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for line in csv.reader(fh):
-            cells = [c.strip() for c in line if c.strip()]
-            if len(cells) >= 2:
-                rows.extend((cells[0], atc[:4]) for atc in cells[1:])
+    for line in csv.reader(_read_text(path).splitlines()):
+        cells = [c.strip() for c in line if c.strip()]
+        if len(cells) >= 2:
+            rows.extend((cells[0], atc[:4]) for atc in cells[1:])
     if not rows:
         raise IngestInputError(
             f"Empty table: {path} (drug-atc.csv) holds no 'CID,ATC,...' lines; expected one CID "
