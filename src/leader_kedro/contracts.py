@@ -339,3 +339,43 @@ def aligned_teacher_features(
             f"the cache is stale or from another split: rebuild it with `{FEATURES_COMMAND}`"
         )
     return hidden.index_select(0, torch.as_tensor([position[s] for s in wanted], dtype=torch.long))
+
+
+def standardised_teacher_features(
+    features: Mapping[str, Any],
+    sample_ids: Sequence[Any],
+    name: str = "teacher_features_train",
+    train_features: Mapping[str, Any] | None = None,
+):
+    """Rows of ``features`` in ``sample_ids`` order, standardised per dimension with the TRAIN
+    statistics the cache carries: ``(hidden - train_mean) / train_std``, float32 torch tensor.
+
+    Every split's cache holds the train statistics in ``metadata["standardisation"]`` (val and test
+    copy them from the train cache; the fingerprint covers them). With ``train_features``, the
+    statistics must be the train cache's own (same sha256). A cache without statistics, or whose
+    statistics do not fit, raises :class:`StaleFeaturesError` naming the artifact and the command.
+    """
+    import torch
+
+    stats = dict(features.get("metadata") or {}).get("standardisation") if features else None
+    if not stats or any(k not in stats for k in ("mean", "std", "sha256")):
+        raise StaleFeaturesError(
+            f"{name} carries no standardisation statistics (made before they were stored, or "
+            f"the train extraction was switched off); rebuild it with `{FEATURES_COMMAND}`"
+        )
+    if train_features is not None:
+        train_stats = dict(train_features.get("metadata") or {}).get("standardisation") or {}
+        if train_stats.get("sha256") != stats["sha256"]:
+            raise StaleFeaturesError(
+                f"{name} does not carry the statistics of teacher_features_train (the caches come "
+                f"from different runs); rebuild them with `{FEATURES_COMMAND}`"
+            )
+    hidden = aligned_teacher_features(features, sample_ids, name).float()
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)
+    std = torch.tensor(stats["std"], dtype=torch.float32)
+    if hidden.shape[1] != mean.numel() or std.numel() != mean.numel():
+        raise StaleFeaturesError(
+            f"{name}: {hidden.shape[1]} feature dimensions but statistics for {mean.numel()}; "
+            f"rebuild it with `{FEATURES_COMMAND}`"
+        )
+    return (hidden - mean) / std

@@ -11,6 +11,7 @@ from tiny_cohort import MEDS, NAMES, make_tiny_cohort  # noqa: E402
 from leader_kedro.contracts import (
     StaleFeaturesError,  # noqa: E402
     aligned_teacher_features,  # noqa: E402
+    standardised_teacher_features,
 )
 from leader_kedro.datasets import TeacherFeaturesDataset  # noqa: E402
 from leader_kedro.teacher import features  # noqa: E402
@@ -266,3 +267,104 @@ def test_features_pipeline_with_a_split_switched_off(teacher, prompts, project_r
     assert report["refresh_command"] == "kedro run --pipeline=features"
     share = report["splits"]["train"]["padding_share"]
     assert share["length_sorted"] <= share["input_order"]
+    # the train statistics travel with every cache and the report; the skipped split has none
+    train, test = catalog.load("teacher_features_train"), catalog.load("teacher_features_test")
+    stats = train["metadata"]["standardisation"]
+    assert stats["source_split"] == "train" and stats["n"] == len(prompts["train"])
+    assert test["metadata"]["standardisation"] == stats
+    assert report["splits"]["train"]["standardisation"]["sha256"] == stats["sha256"]
+    features.check_same_standardisation(test, train, "teacher_features_test")
+    z = standardised_teacher_features(test, test["sample_ids"], "teacher_features_test", train)
+    assert z.shape == test["hidden"].shape and z.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------ standardisation
+def _stats_cache(teacher, prompts, cache):
+    _, card = teacher
+    stats = features.standardisation_stats(cache["hidden"], "train")
+    return stats, features.with_standardisation(cache, stats, card, prompts["train"])
+
+
+def test_train_statistics_standardise_train_to_zero_mean_unit_std(teacher, prompts, cache):
+    stats, train = _stats_cache(teacher, prompts, cache)
+    assert len(stats["mean"]) == len(stats["std"]) == 384
+    x = cache["hidden"].double()
+    sd = x.std(0, unbiased=False)
+    kept = sd >= stats["floor"]  # 12 tiny prompts: a few dimensions are constant in float16
+    assert stats["n_floored"] == int((~kept).sum()) < 10
+    z = standardised_teacher_features(train, train["sample_ids"])
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.mean(0), torch.zeros(384), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        z.std(0, unbiased=False)[kept], torch.ones(int(kept.sum())), atol=1e-4, rtol=0
+    )
+    # by hand, from the float16 values the cache stores, in any row order
+    manual = (x - x.mean(0)) / sd.clamp(min=stats["floor"])
+    ids = list(reversed(train["sample_ids"]))
+    torch.testing.assert_close(
+        standardised_teacher_features(train, ids), manual.flip(0).float(), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        features.standardise(cache["hidden"], stats), manual.float(), atol=1e-4, rtol=0
+    )
+    # a constant dimension is divided by the floor, not by zero
+    const = cache["hidden"].clone()
+    const[:, 0] = 1.0
+    floored = features.standardisation_stats(const)
+    assert floored["std"][0] == floored["floor"] > 0 and floored["n_floored"] >= 1
+
+
+def test_statistics_are_fingerprinted_and_survive_the_dataset(teacher, prompts, cache, tmp_path):
+    _, card = teacher
+    stats, train = _stats_cache(teacher, prompts, cache)
+    assert train["fingerprint"] == features.expected_fingerprint(card, prompts["train"], stats)
+    assert train["fingerprint"] != cache["fingerprint"]
+    ds = TeacherFeaturesDataset(filepath=str(tmp_path / "tf.safetensors"))
+    ds.save(train)
+    back = ds.load()
+    assert back["metadata"]["standardisation"] == stats  # float32 values round-trip exactly
+    check_fresh(back, card, prompts["train"])
+    torch.testing.assert_close(
+        standardised_teacher_features(back, back["sample_ids"]),
+        standardised_teacher_features(train, train["sample_ids"]),
+    )
+    # edited statistics: refused, with the command that rebuilds the cache
+    edited = {**back, "metadata": {**back["metadata"]}}
+    edited["metadata"]["standardisation"] = {**stats, "mean": [0.0] * 384}
+    with pytest.raises(StaleFeaturesError, match=r"statistics were modified.*--pipeline=features"):
+        check_fresh(edited, card, prompts["train"])
+    # statistics swapped for other (self-consistent) ones: the fingerprint no longer matches
+    other = features.standardisation_stats(cache["hidden"][:5])
+    swapped = {**back, "metadata": {**back["metadata"], "standardisation": other}}
+    with pytest.raises(StaleFeaturesError, match="teacher_features_train is stale"):
+        check_fresh(swapped, card, prompts["train"])
+
+
+def test_val_and_test_carry_the_train_statistics_not_their_own(teacher, prompts, cache):
+    from leader_kedro.pipelines.features import nodes
+
+    bundle, card = teacher
+    stats, train = _stats_cache(teacher, prompts, cache)
+    params = {"batch_size": 8, "progress": False}
+    val = nodes.extract_val(bundle, card, prompts["val"], params, train)
+    assert val["metadata"]["standardisation"] == stats
+    assert val["fingerprint"] == features.expected_fingerprint(card, prompts["val"], stats)
+    check_fresh(val, card, prompts["val"], "teacher_features_val")
+    z = standardised_teacher_features(val, val["sample_ids"], "teacher_features_val", train)
+    manual = (val["hidden"].float() - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+    torch.testing.assert_close(z, manual)
+    # a train cache from another run: refused
+    other = features.with_standardisation(
+        cache, features.standardisation_stats(cache["hidden"][:6]), card, prompts["train"]
+    )
+    with pytest.raises(StaleFeaturesError, match="different runs"):
+        standardised_teacher_features(val, val["sample_ids"], "teacher_features_val", other)
+    with pytest.raises(StaleFeaturesError, match="different runs"):
+        features.check_same_standardisation(val, other, "teacher_features_val")
+    # no train statistics (train extraction off): the val cache says so and cannot be standardised
+    bare = nodes.extract_val(bundle, card, prompts["val"], params, {"metadata": {"skipped": True}})
+    assert bare["metadata"]["standardisation"] is None
+    assert "switched off" in bare["metadata"]["standardisation_missing"]
+    check_fresh(bare, card, prompts["val"], "teacher_features_val")
+    with pytest.raises(StaleFeaturesError, match="no standardisation statistics"):
+        standardised_teacher_features(bare, bare["sample_ids"], "teacher_features_val")

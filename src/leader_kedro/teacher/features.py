@@ -2,8 +2,16 @@
 
 The student distils from these cached vectors (offline KD, as in the paper) instead of running the
 teacher every batch. A fingerprint ties the cache to what produced it (teacher adapter + head,
-backbone/tokenizer, max_length, sample ids and prompt texts): :func:`check_fresh` refuses a cache
-whose fingerprint does not match and says which command refreshes it.
+backbone/tokenizer, max_length, sample ids and prompt texts, and the standardisation statistics):
+:func:`check_fresh` refuses a cache whose fingerprint does not match and says which command
+refreshes it.
+
+Standardisation: the per-dimension mean and standard deviation of the TRAIN features
+(:func:`standardisation_stats`) are stored in the metadata of every split's cache (val and test
+carry the train statistics, never their own) and enter its fingerprint. The student reads
+standardised features with :func:`leader_kedro.contracts.standardised_teacher_features` (or
+:func:`standardise` here), so that its distillation term weighs patient-specific variation rather
+than the features' shared mean.
 
 Importable without Kedro; torch is imported inside functions only.
 """
@@ -28,7 +36,10 @@ from leader_kedro.teacher.distributed import DistributedConfig
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = "leader-features-v1"
+FINGERPRINT_VERSION = "leader-features-v2"  # v2: the standardisation statistics are fingerprinted
+#: a dimension whose train std is below this share of the median std is divided by that floor
+#: instead: near-constant on train (float16 steps), it would blow val/test differences up
+STD_FLOOR_RELATIVE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -98,10 +109,140 @@ def provenance(teacher_card: Mapping[str, Any], prompts: pd.DataFrame) -> dict[s
     }
 
 
-def expected_fingerprint(teacher_card: Mapping[str, Any], prompts: pd.DataFrame) -> str:
-    """Hash of the teacher fingerprint, backbone/tokenizer, max_length, sample ids and prompt texts."""
-    prov = provenance(teacher_card, prompts)
+def expected_fingerprint(
+    teacher_card: Mapping[str, Any],
+    prompts: pd.DataFrame,
+    standardisation: Mapping[str, Any] | None = None,
+) -> str:
+    """Hash of the teacher fingerprint, backbone/tokenizer, max_length, sample ids and prompt texts,
+    and (when given) the digest of the train standardisation statistics the cache carries."""
+    prov: dict[str, Any] = provenance(teacher_card, prompts)
+    if standardisation is not None:
+        prov["standardisation_sha256"] = stats_digest(standardisation)
     return hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------ standardisation
+def stats_digest(stats: Mapping[str, Any]) -> str:
+    """sha256 of the statistics' values (source split, n, floor, mean and std as float32)."""
+    mean = np.asarray(stats["mean"], dtype=np.float32)
+    std = np.asarray(stats["std"], dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(json.dumps([stats.get("source_split"), stats.get("n"), stats.get("floor")]).encode())
+    h.update(mean.tobytes())
+    h.update(std.tobytes())
+    return h.hexdigest()
+
+
+def standardisation_stats(hidden: Any, source_split: str = "train") -> dict[str, Any]:
+    """Per-dimension mean and std (population, float32) of the cached features ``hidden`` [N, H].
+
+    Computed from the float16 values the cache stores (what the student reads), in float64.
+    A dimension whose std is below ``floor`` = :data:`STD_FLOOR_RELATIVE` x the median std is
+    divided by the floor instead (``n_floored`` counts them). The returned dict is JSON-able and
+    holds its own ``sha256``.
+    """
+    import torch
+
+    values = torch.as_tensor(hidden).to(torch.float16).double().numpy()
+    if values.ndim != 2 or values.shape[0] < 2:
+        raise ValueError(
+            f"standardisation needs at least 2 {source_split} feature rows, got shape {values.shape}"
+        )
+    mean = values.mean(0).astype(np.float32)
+    std = values.std(0).astype(np.float32)
+    floor = float(np.float32(max(STD_FLOOR_RELATIVE * float(np.median(std)), 1e-12)))
+    floored = std < floor
+    std = np.where(floored, np.float32(floor), std).astype(np.float32)
+    stats: dict[str, Any] = {
+        "source_split": source_split,
+        "n": int(values.shape[0]),
+        "floor": floor,
+        "n_floored": int(floored.sum()),
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+    }
+    stats["sha256"] = stats_digest(stats)
+    # how much of the raw features is the shared mean (issue 11: ~0.6 mean pairwise cosine)
+    raw_sq = float((values**2).sum(1).mean())
+    stats["summary"] = {
+        "mean_std": float(std.mean()),
+        "min_std": float(std.min()),
+        "max_std": float(std.max()),
+        "mean_variance": float((std.astype(np.float64) ** 2).mean()),
+        "shared_mean_share_of_squared_norm": float((mean.astype(np.float64) ** 2).sum() / raw_sq)
+        if raw_sq > 0
+        else None,
+    }
+    return stats
+
+
+def with_standardisation(
+    cache: dict[str, Any],
+    stats: Mapping[str, Any] | None,
+    teacher_card: Mapping[str, Any],
+    prompts: pd.DataFrame,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """``cache`` carrying ``stats`` (the TRAIN statistics) in its metadata and fingerprint.
+
+    ``stats`` None (no train features to take them from) records ``reason`` instead; such a
+    cache cannot be standardised. A skipped cache is returned unchanged.
+    """
+    meta = dict(cache.get("metadata") or {})
+    if meta.get("skipped"):
+        return cache
+    if stats is None:
+        meta["standardisation"] = None
+        meta["standardisation_missing"] = reason or "no train statistics"
+        return {**cache, "metadata": meta}
+    if stats_digest(stats) != stats.get("sha256"):
+        raise StaleFeaturesError(
+            "the standardisation statistics do not match their sha256: the train feature cache "
+            f"was modified. Refresh it with `{FEATURES_COMMAND}`."
+        )
+    meta["standardisation"] = dict(stats)
+    return {
+        **cache,
+        "metadata": meta,
+        "fingerprint": expected_fingerprint(teacher_card, prompts, stats),
+    }
+
+
+def train_stats_of(train_features: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The standardisation statistics a train cache carries (None when it has none)."""
+    meta = dict(train_features.get("metadata") or {}) if isinstance(train_features, Mapping) else {}
+    stats = meta.get("standardisation")
+    return dict(stats) if stats else None
+
+
+def check_same_standardisation(
+    features: Mapping[str, Any], train_features: Mapping[str, Any], name: str
+) -> None:
+    """Raise :class:`StaleFeaturesError` unless ``features`` carry the train cache's statistics."""
+    mine = (dict(features.get("metadata") or {}).get("standardisation") or {}).get("sha256")
+    train = (train_stats_of(train_features) or {}).get("sha256")
+    if not train or mine != train:
+        raise StaleFeaturesError(
+            f"{name} does not carry the standardisation statistics of teacher_features_train "
+            f"({str(mine)[:12]} vs {str(train)[:12]}): the caches come from different runs. "
+            f"Refresh them with `{FEATURES_COMMAND}`."
+        )
+
+
+def standardise(hidden: Any, stats: Mapping[str, Any]):
+    """``(hidden - mean) / std`` per dimension, float32 torch tensor, with the given statistics."""
+    import torch
+
+    x = torch.as_tensor(hidden).float()
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)
+    std = torch.tensor(stats["std"], dtype=torch.float32)
+    if x.ndim != 2 or x.shape[1] != mean.numel():
+        raise StaleFeaturesError(
+            f"features of shape {tuple(x.shape)} do not match standardisation statistics of "
+            f"{mean.numel()} dimensions; refresh them with `{FEATURES_COMMAND}`"
+        )
+    return (x - mean) / std
 
 
 def check_fresh(
@@ -115,13 +256,23 @@ def check_fresh(
     The message names the artifact, says why it is stale (teacher changed / prompts changed /
     sample ids differ / extraction skipped) and gives the command that refreshes it.
     """
-    expected = expected_fingerprint(teacher_card, prompts)
     if not isinstance(features, Mapping):
         raise StaleFeaturesError(
             f"{name} is not a feature cache (got {type(features).__name__}); "
             f"refresh it with `{FEATURES_COMMAND}`"
         )
     meta = dict(features.get("metadata") or {})
+    stats = meta.get("standardisation") or None
+    if stats is not None and (
+        not isinstance(stats, Mapping)
+        or any(k not in stats for k in ("mean", "std", "sha256"))
+        or stats_digest(stats) != stats["sha256"]
+    ):
+        raise StaleFeaturesError(
+            f"{name} is stale: its standardisation statistics were modified (they no longer "
+            f"match their sha256). Refresh it with `{FEATURES_COMMAND}`."
+        )
+    expected = expected_fingerprint(teacher_card, prompts, stats)
     ids = [str(s) for s in features.get("sample_ids") or []]
     hidden = features.get("hidden")
     n_rows = int(hidden.shape[0]) if hidden is not None and hasattr(hidden, "shape") else -1

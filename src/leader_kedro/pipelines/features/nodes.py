@@ -46,15 +46,30 @@ def extract(
 
 
 def extract_train(teacher_model, teacher_card, prompts_train, params):
-    return extract(teacher_model, teacher_card, prompts_train, params, "train")
+    """Train features, carrying their own per-dimension mean/std (the standardisation)."""
+    out = extract(teacher_model, teacher_card, prompts_train, params, "train")
+    if out["metadata"].get("skipped"):
+        return out
+    stats = features.standardisation_stats(out["hidden"], "train")
+    return features.with_standardisation(out, stats, teacher_card, prompts_train)
 
 
-def extract_val(teacher_model, teacher_card, prompts_val, params):
-    return extract(teacher_model, teacher_card, prompts_val, params, "val")
+def _with_train_stats(out, train_features, teacher_card, prompts):
+    stats = features.train_stats_of(train_features)
+    reason = None if stats else "teacher_features_train has none (train extraction switched off)"
+    return features.with_standardisation(out, stats, teacher_card, prompts, reason)
 
 
-def extract_test(teacher_model, teacher_card, prompts_test, params):
-    return extract(teacher_model, teacher_card, prompts_test, params, "test")
+def extract_val(teacher_model, teacher_card, prompts_val, params, teacher_features_train):
+    """Val features, carrying the TRAIN statistics (never their own)."""
+    out = extract(teacher_model, teacher_card, prompts_val, params, "val")
+    return _with_train_stats(out, teacher_features_train, teacher_card, prompts_val)
+
+
+def extract_test(teacher_model, teacher_card, prompts_test, params, teacher_features_train):
+    """Test features, carrying the TRAIN statistics (never their own)."""
+    out = extract(teacher_model, teacher_card, prompts_test, params, "test")
+    return _with_train_stats(out, teacher_features_train, teacher_card, prompts_test)
 
 
 def report_features(
@@ -74,6 +89,15 @@ def report_features(
             "skipped": bool(meta.get("skipped", False)),
             **features.storage_report(feats),
         }
+        stats = meta.get("standardisation")
+        if stats:
+            entry["standardisation"] = {
+                "source_split": stats.get("source_split"),
+                "n": stats.get("n"),
+                "sha256": stats.get("sha256"),
+                "n_floored": stats.get("n_floored"),
+                **(stats.get("summary") or {}),
+            }
         for key in (
             "extraction_seconds",
             "processes",
