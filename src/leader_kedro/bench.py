@@ -89,6 +89,14 @@ def bench_ingest(argv: list[str]) -> int:
         help="run `kedro run --pipeline=ingest --params synthetic.n_patients=N` (the pipeline, "
         "generation included, in a throw-away project copy) instead of the core in a process",
     )
+    ap.add_argument(
+        "--throughput",
+        nargs=2,
+        type=int,
+        metavar=("N_STUDENT", "N_TEACHER"),
+        help="with --kedro, then: the student's training and the teacher's feature extraction "
+        "(samples/s) on N_STUDENT and N_TEACHER train samples of that cohort",
+    )
     args = ap.parse_args(argv)
     if args.kedro:
         return _bench_ingest_kedro(args)
@@ -142,24 +150,30 @@ def bench_ingest(argv: list[str]) -> int:
 
 def _bench_ingest_kedro(args) -> int:
     """The ingest pipeline through Kedro in a child process; each stage's wall time and peak."""
-    from leader_kedro.ingest.meter import stage_table
     from leader_kedro.pipelines.ingest.benchmark import make_project_copy
 
     with tempfile.TemporaryDirectory(prefix="bench_ingest_kedro_") as tmp:
-        project = make_project_copy(Path(args.workdir or tmp) / "project")
-        load0 = os.getloadavg()
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "leader_kedro.pipelines.ingest.benchmark", str(project)]
-            + [str(args.patients)],
-            capture_output=True,
-            text=True,
+        return _bench_ingest_kedro_in(
+            args, make_project_copy(Path(args.workdir or tmp) / "project")
         )
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stderr[-5000:], file=sys.stderr)
-            return proc.returncode
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _bench_ingest_kedro_in(args, project: Path) -> int:
+    from leader_kedro.ingest.meter import stage_table
+
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "leader_kedro.pipelines.ingest.benchmark", str(project)]
+        + [str(args.patients)],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stderr[-5000:], file=sys.stderr)
+        return proc.returncode
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     stages = child["stages"] + child["io_totals"]
     gen = sum(r["wall_s"] for r in stages if r["stage"] == "generate")
@@ -178,6 +192,28 @@ def _bench_ingest_kedro(args) -> int:
     )
     ok = wall - gen < 120 and peak < 6
     print(f"target (< 120 s without generate, < 6 GiB): {'met' if ok else 'NOT met'}")
+    if args.throughput:
+        proc = subprocess.run(
+            [sys.executable, "-m", "leader_kedro.pipelines.ingest.benchmark", str(project)]
+            + ["--throughput", *map(str, args.throughput)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            print(proc.stderr[-5000:], file=sys.stderr)
+            return proc.returncode
+        thr = json.loads(proc.stdout.strip().splitlines()[-1])
+        st, te = thr["student_training"], thr["teacher_features"]
+        print(
+            f"student training: {st['samples_per_s']} samples/s (1 epoch, {st['train_samples']} "
+            f"train samples; {st['samples_per_s_with_validation']} with validation)"
+        )
+        print(
+            f"teacher feature extraction ({te['backbone']}, untrained LoRA + head): "
+            f"{te['samples_per_s']} samples/s ({te['prompts']} prompts of {te['mean_tokens']} "
+            f"tokens on average, batch {te['batch_size']}); load average now "
+            + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        )
     return 0
 
 
