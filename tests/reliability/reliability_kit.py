@@ -104,4 +104,6 @@ class NodeSpy:
     @hook_impl
     def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id) -> None:
         if "training" in node.tags or any(name.endswith("_test") for name in node.inputs):
-            self.runs[node.name] = {"node": node, "inputs": dict(inputs), "outputs": outputs}
+            # keyed by the bare node name (the registered pipelines namespace nodes by stage)
+            name = node.name.rsplit(".", 1)[-1]
+            self.runs[name] = {"node": node, "inputs": dict(inputs), "outputs": outputs}

@@ -177,42 +177,43 @@ def test_test_split_content_never_changes_training_or_thresholds(flow):
 
 
 # --------------------------------------------------------------------------- damaged artifacts
-#: artifact -> (file inside its latest version, a node that reads it, the stage that makes it)
+#: artifact -> (file inside its latest version, a node that reads it (namespaced by its stage),
+#: the stage that makes it)
 ARTIFACTS = {
     "teacher_features": (
         "data/04_feature/teacher_features_train.safetensors/*/teacher_features_train.safetensors",
-        "train_students",
+        "distill.train_students",
         "teacher_features_train",
         "features",
     ),  # fmt: skip
     "student": (
         "data/06_models/student_model/*/student_model/student.safetensors",
-        "predict_student",
+        "distill.predict_student",
         "student_model",
         "distill",
     ),  # fmt: skip
     "teacher_adapter": (
         "data/06_models/teacher_model/*/teacher_model/adapter/adapter_model.safetensors",
-        "extract_teacher_features_train",
+        "features.extract_teacher_features_train",
         "teacher_model",
         "teacher",
     ),  # fmt: skip
     "teacher_head": (
         "data/06_models/teacher_model/*/teacher_model/head.safetensors",
-        "extract_teacher_features_train",
+        "features.extract_teacher_features_train",
         "teacher_model",
         "teacher",
     ),  # fmt: skip
-    "vocab": ("data/03_primary/vocab.json", "baseline_mostfreq", "vocab", "ingest"),
+    "vocab": ("data/03_primary/vocab.json", "evaluate.baseline_mostfreq", "vocab", "ingest"),
     "samples": (
         "data/05_model_input/samples_train.parquet",
-        "baseline_mostfreq",
+        "evaluate.baseline_mostfreq",
         "samples_train",
         "ingest",
     ),  # fmt: skip
     "predictions": (
         "data/07_model_output/teacher_predictions_test.parquet",
-        "evaluate_models",
+        "evaluate.evaluate_models",
         "teacher_predictions_test",
         "teacher",
     ),  # fmt: skip
