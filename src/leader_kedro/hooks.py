@@ -8,6 +8,8 @@
   the project's own datasets alike, because it watches the catalog loads of the runner.
 - :class:`SqliteTrackingHook`: runs sharing one sqlite ``mlflow.db`` create its tables one at a
   time.
+- :class:`NodeTimingHook`: the wall time of every node, saved to the ``node_timings`` dataset
+  after each node (the evaluate report renders it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
@@ -124,6 +127,116 @@ class SqliteTrackingHook:
         experiment = (conf.get("tracking") or {}).get("experiment") or {}
         kwargs = experiment.get("create_experiment_kwargs") or {}
         prepare_sqlite_store(uri, experiment.get("name"), kwargs.get("artifact_location"))
+
+
+class NodeTimingHook:
+    """Per-node wall times into the ``node_timings`` dataset (JSON), saved after every node.
+
+    The file keeps the latest timing of every node it has seen, so that a flow run stage by
+    stage still shows all its nodes; each entry names the run it comes from (``run``: its start
+    time and session id), and ``runs`` holds each run's pipeline, node count and total wall time.
+    It is written before the first node as well, so a node that reads it (the report) always
+    finds it. Catalogs without a ``node_timings`` entry are left alone.
+    """
+
+    DATASET = "node_timings"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._catalog: Any = None
+        self._doc: dict = {}
+        self._run: dict = {}
+        self._started: dict[str, float] = {}
+        self._t0 = 0.0
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        import time
+        from datetime import UTC, datetime
+
+        with self._lock:
+            self._catalog = catalog if _declares(catalog, self.DATASET) else None
+            if self._catalog is None:
+                return
+            self._t0 = time.perf_counter()
+            self._run = {
+                "id": str((run_params or {}).get("session_id") or (run_params or {}).get("run_id")),
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "pipeline": (run_params or {}).get("pipeline_names")
+                or (run_params or {}).get("pipeline_name")
+                or "__default__",
+                "nodes": len(pipeline.nodes),
+            }
+            self._doc = self._previous()
+            self._doc.setdefault("runs", {})[self._run["id"]] = dict(self._run)
+            self._doc["latest_run"] = self._run["id"]
+            self._save()
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        import time
+
+        with self._lock:
+            self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._record(node, "ok")
+
+    @hook_impl
+    def on_node_error(self, error, node) -> None:
+        self._record(node, "failed")
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        import time
+
+        with self._lock:
+            if self._catalog is None:
+                return
+            run = self._doc.setdefault("runs", {}).setdefault(self._run["id"], dict(self._run))
+            run["wall_s"] = round(time.perf_counter() - self._t0, 2)
+            self._save()
+
+    def _record(self, node, status: str) -> None:
+        import time
+        from datetime import UTC, datetime
+
+        with self._lock:
+            start = self._started.pop(node.name, None)
+            if self._catalog is None or start is None:
+                return
+            self._doc.setdefault("nodes", {})[node.name] = {
+                "wall_s": round(time.perf_counter() - start, 3),
+                "started_s": round(start - self._t0, 3),  # since the run started
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "status": status,
+                "run": self._run["id"],
+            }
+            self._save()
+
+    def _previous(self) -> dict:
+        try:
+            if self._catalog is not None and self._catalog.exists(self.DATASET):
+                doc = self._catalog.load(self.DATASET)
+                if isinstance(doc, dict) and isinstance(doc.get("nodes"), dict):
+                    return doc
+        except Exception as exc:  # an unreadable old file is replaced, never fatal
+            logger.info("node_timings: starting afresh (%s)", exc)
+        return {"nodes": {}, "runs": {}}
+
+    def _save(self) -> None:
+        try:
+            self._catalog.save(self.DATASET, self._doc)
+        except Exception as exc:  # timing is a report, never a reason to fail a run
+            logger.warning("node_timings could not be saved: %s", exc)
+
+
+def _declares(catalog, name: str) -> bool:
+    try:
+        return name in catalog
+    except Exception:
+        return False
 
 
 def prepare_sqlite_store(

@@ -64,6 +64,11 @@ def run_outputs(tmp_path_factory):
         "ddi_adjacency": c["ddi_adjacency"],
         "params:evaluate": _params(),
         "ingest_report": {"source": "tiny", "cohort": {"patients": 60}},
+        "node_timings": {
+            "latest_run": "r",
+            "runs": {"r": {"pipeline": "evaluate", "started_at": "t", "nodes": 6}},
+            "nodes": {"evaluate_models": {"wall_s": 1.5, "started_s": 0.0, "run": "r"}},
+        },
         "teacher_model": tiny_teacher(tmp_path_factory.mktemp("tiny_bert"), vocab["medication"]),
         "student_model": StudentBundle(LeaderStudent(scfg), scfg, vocab),
         "prompts_test": pd.DataFrame(
@@ -130,6 +135,7 @@ def test_pipeline_produces_report_and_metrics(run_outputs):
     assert "Multi-hot logistic regression" in md and "Efficiency: teacher vs student" in md
     assert "Oracle: the generator's true probabilities" in md and "rare dx" in md
     assert "logistic regression, 25% of train" in md
+    assert "## Run time per node" in md and "| evaluate_models | 1.5 |" in md
     assert hasattr(out["plot_prauc_by_group"], "savefig")
     assert list(out["baseline_logreg_predictions_test"].columns) == [
         "sample_id",

@@ -110,6 +110,7 @@ def render_markdown(
     plots: Mapping[str, str] | None = None,
     targets: Mapping[str, float] | None = None,
     learning_curve: Mapping[str, Any] | None = None,
+    node_timings: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole markdown report: one section after another."""
     out: list[str] = [
@@ -124,6 +125,7 @@ def render_markdown(
         *_section_postprocess(doc, labels),
         *_section_efficiency(efficiency, targets),
         *_section_gpu_efficiency(gpu, efficiency),
+        *_section_node_timings(node_timings),
         *_section_plots(plots),
     ]
     return "\n".join(out)
@@ -449,6 +451,53 @@ def _section_gpu_efficiency(
             "to include them here."
         )
     out.append("")
+    return out
+
+
+def _section_node_timings(timings: Mapping[str, Any] | None) -> list[str]:
+    """## Run time per node: the ``node_timings`` of :class:`leader_kedro.hooks.NodeTimingHook`.
+
+    Nodes of the run that writes the report come first, in the order they started; nodes timed
+    in earlier runs (a flow run stage by stage) follow, labelled with the run's start time.
+    The report is written before the nodes that come after it in the run.
+    """
+    nodes = dict((timings or {}).get("nodes") or {})
+    if not nodes:
+        return []
+    runs = dict(timings.get("runs") or {}) if timings else {}
+    latest = (timings or {}).get("latest_run")
+    this = sorted(
+        ((n, e) for n, e in nodes.items() if e.get("run") == latest),
+        key=lambda item: item[1].get("started_s", 0.0),
+    )
+    earlier = sorted(
+        ((n, e) for n, e in nodes.items() if e.get("run") != latest),
+        key=lambda item: (item[1].get("finished_at", ""), item[1].get("started_s", 0.0)),
+    )
+    run = runs.get(latest, {})
+    out = [
+        "## Run time per node",
+        "",
+        f"Wall seconds per node (`data/08_reporting/node_timings.json`). This run: pipeline "
+        f"`{run.get('pipeline', '?')}`, started {run.get('started_at', '?')}, {run.get('nodes', '?')} "
+        "nodes; the report is written before the run ends, so the nodes after it are not listed.",
+        "",
+    ]
+    rows = [
+        [name, f"{e.get('wall_s', 0.0):.1f}", e.get("status", ""), "this run"] for name, e in this
+    ]
+    rows += [
+        [
+            name,
+            f"{e.get('wall_s', 0.0):.1f}",
+            e.get("status", ""),
+            f"earlier run ({runs.get(e.get('run'), {}).get('started_at') or e.get('finished_at', '?')})",
+        ]
+        for name, e in earlier
+    ]
+    total = sum(float(e.get("wall_s", 0.0)) for _, e in this)
+    rows.append(["**total of this run's nodes above**", f"**{total:.1f}**", "", ""])
+    out += [_md_table(["node", "wall s", "status", "measured in"], rows), ""]
     return out
 
 

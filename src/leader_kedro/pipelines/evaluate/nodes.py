@@ -164,7 +164,12 @@ def measure_efficiency(
 
 
 def make_report(
-    metrics: dict, efficiency: dict, ingest_report: dict, learning_curve: dict, params: dict
+    metrics: dict,
+    efficiency: dict,
+    ingest_report: dict,
+    learning_curve: dict,
+    params: dict,
+    node_timings: dict | None = None,
 ):
     """Markdown report + three figures (PRAUC by group, accuracy vs DDI, efficiency)."""
     from leader_kedro.evaluation import report
@@ -194,6 +199,7 @@ def make_report(
         plots=plots,
         targets=p.targets,
         learning_curve=curve,
+        node_timings=node_timings,
     )
     fig_groups = report.plot_metric_by_group(metrics, protocol, "prauc", labels)
     fig_tradeoff = report.plot_ddi_tradeoff(metrics, labels)

@@ -69,7 +69,14 @@ def create_pipeline(
         ),
         Node(
             nodes.make_report,
-            inputs=["metrics", "efficiency", "ingest_report", "learning_curve", "params:evaluate"],
+            inputs=[
+                "metrics",
+                "efficiency",
+                "ingest_report",
+                "learning_curve",
+                "params:evaluate",
+                "node_timings",  # written by hooks.NodeTimingHook during the run
+            ],
             outputs=["report", "plot_prauc_by_group", "plot_ddi_tradeoff", "plot_efficiency"],
             name="make_report",
             tags=["evaluate", "report"],
