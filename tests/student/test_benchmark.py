@@ -54,12 +54,14 @@ def test_inference_figures_for_both_implementations_and_the_table(data, tmp_path
     result = {"after": {"training": {"samples_per_s": 2.0}}, "before": {"training": {}}}
     for name, bundle in (("after", after), ("before", before)):
         (tmp_path / name).mkdir()
-        figures = benchmark.inference(
-            bundle, samples, name, (1, 4), 3, 8, 0.0, tmp_path / name, signature=None
-        )
-        assert set(figures) == {"module", "pyfunc"}
-        for path in figures.values():
-            assert path["latency_ms_p50"] > 0 and set(path["throughput"]) == {"1", "4"}
-        result[name]["inference"] = figures
+        paths = benchmark.predictors(bundle, samples, name, tmp_path / name, signature=None)
+        assert set(paths) == {"module", "pyfunc"}
+        result[name]["inference"] = {}
+        for path in paths:
+            figures = benchmark.inference(
+                paths, bundle.n_parameters, len(samples), (1, 4), 3, 8, 0.0, f"{name}:{path}"
+            )
+            assert figures["latency_ms_p50"] > 0 and set(figures["throughput"]) == {"1", "4"}
+            result[name]["inference"][path] = figures
     table = benchmark._table(result)
     assert "pyfunc: latency p50 (ms, batch 1)" in table and "speed-up" in table

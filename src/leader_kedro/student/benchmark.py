@@ -163,26 +163,16 @@ def _saved_pyfunc(python_model, bundle, signature, where: Path):
     return mlflow.pyfunc.load_model(str(path))
 
 
-def inference(
-    bundle,
-    samples: pd.DataFrame,
-    implementation: str,
-    batch_sizes: Sequence[int],
-    latency_samples: int,
-    throughput_samples: int,
-    min_seconds: float,
-    workdir: Path,
-    signature=None,
+def predictors(
+    bundle, samples: pd.DataFrame, implementation: str, workdir: Path, signature=None
 ) -> dict[str, Any]:
-    """Latency and throughput of the module, pyfunc and MLflow paths of one implementation."""
-    import torch
-
-    from leader_kedro.evaluation.efficiency import RowSubsets, measure_one, student_predictors
+    """``predict(indices, batch_size)`` of the module, pyfunc and (with a ``signature``) MLflow
+    paths of one implementation (``after``: the current code, ``before``: student/legacy.py)."""
+    from leader_kedro.evaluation.efficiency import RowSubsets, student_predictors
     from leader_kedro.student import legacy
     from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
 
     rows, requests = RowSubsets(samples), RowSubsets(serving_records(samples))
-    n = len(samples)
     if implementation == "after":
         paths = student_predictors(bundle, samples)
         python_model: Any = LeaderStudentPyfunc(top_k=10)
@@ -203,24 +193,39 @@ def inference(
         paths["mlflow"] = lambda idx, bs: [
             served.predict(requests(idx[s : s + bs])) for s in range(0, len(idx), bs)
         ]
-    out = {}
-    for name, predict in paths.items():
-        with torch.inference_mode() if name == "module" else nullcontext():
-            out[name] = measure_one(
-                f"{implementation}:{name}",
-                predict,
-                bundle.n_parameters,
-                "cpu",
-                n,
-                batch_sizes,
-                latency_samples,
-                throughput_samples,
-                warmup=3,
-                cycle=True,
-                min_seconds=min_seconds,
-                memory=False,
-            )
-    return out
+    return paths
+
+
+def inference(
+    paths: dict[str, Any],
+    n_parameters: int,
+    n_samples: int,
+    batch_sizes: Sequence[int],
+    latency_samples: int,
+    throughput_samples: int,
+    min_seconds: float,
+    name: str,
+) -> dict[str, Any]:
+    """Latency and throughput of one path (:func:`evaluation.efficiency.measure_one`)."""
+    import torch
+
+    from leader_kedro.evaluation.efficiency import measure_one
+
+    with torch.inference_mode() if name.endswith("module") else nullcontext():
+        return measure_one(
+            name,
+            paths[name.split(":")[1]],
+            n_parameters,
+            "cpu",
+            n_samples,
+            batch_sizes,
+            latency_samples,
+            throughput_samples,
+            warmup=3,
+            cycle=True,
+            min_seconds=min_seconds,
+            memory=False,
+        )
 
 
 # --------------------------------------------------------------------------------------- main
@@ -347,12 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{load_before[0]:.2f}",
         flush=True,
     )
-    result["after"] = {"training": training_after(cfg, data, features, args.epochs, args.workers)}
-    print(f"after, training: {result['after']['training']}", flush=True)
     mcfg = model_config(cfg, data["vocab"], width)
     if not args.no_before:
         result["before"] = {"training": training_before(mcfg, data, features, args.epochs)}
         print(f"before, training: {result['before']['training']}", flush=True)
+    result["after"] = {"training": training_after(cfg, data, features, args.epochs, args.workers)}
+    print(f"after, training: {result['after']['training']}", flush=True)
     # one set of weights for both implementations (their parameter names are the same)
     torch.manual_seed(0)
     reference = legacy.LeaderStudent(mcfg).eval()
@@ -369,21 +374,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         signature = signature_of(implementations["after"], serving_example(samples))
     with tempfile.TemporaryDirectory(prefix="bench_student_") as tmp:
+        paths = {}
         for name, bundle in implementations.items():
-            workdir = Path(tmp) / name
-            workdir.mkdir()
-            result.setdefault(name, {})["inference"] = inference(
-                bundle,
-                samples,
-                name,
-                args.batch_sizes,
-                args.latency_samples,
-                args.throughput_samples,
-                args.min_seconds,
-                workdir,
-                signature,
-            )
-            print(f"{name}, inference: done", flush=True)
+            (Path(tmp) / name).mkdir()
+            paths[name] = predictors(bundle, samples, name, Path(tmp) / name, signature)
+        # path by path, the two implementations back to back (the load of a shared machine drifts)
+        for path in paths["after"]:
+            for name in implementations:
+                result[name].setdefault("inference", {})[path] = inference(
+                    paths[name],
+                    implementations[name].n_parameters,
+                    len(samples),
+                    args.batch_sizes,
+                    args.latency_samples,
+                    args.throughput_samples,
+                    args.min_seconds,
+                    f"{name}:{path}",
+                )
+            print(f"inference, {path}: done", flush=True)
     load_after = os.getloadavg()
     result["load_average"] = {"before": list(load_before), "after": list(load_after)}
     result["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
@@ -398,4 +406,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["inference", "main", "training_after", "training_before"]
+__all__ = ["inference", "main", "predictors", "training_after", "training_before"]
