@@ -7,6 +7,7 @@ Samples and the split live in ``samples.py``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -336,16 +337,23 @@ def _lists(rows: pd.DataFrame) -> pd.Series:
     else:
         ids, uniques = pd.factorize(rows["code"], sort=True)
     h = rows["hadm_id"].to_numpy(dtype=np.int64)
+    c = np.asarray(ids, dtype=np.int64)
+    n_codes = len(uniques) + 1
     if "seq_num" in rows.columns:
-        seq = rows["seq_num"].to_numpy(dtype=np.float64)
-        order = np.lexsort((np.arange(len(h)), np.where(np.isnan(seq), np.inf, seq), h))
-    else:
-        order = np.lexsort((ids, h))
-    h, c = h[order], ids[order]
-    pair = h * (len(uniques) + 1) + c
-    first = np.zeros(len(pair), dtype=bool)
-    first[np.unique(pair, return_index=True)[1]] = True  # first position of each (visit, code)
-    h, c = h[first], c[first]
+        order = _visit_seq_order(h, rows["seq_num"].to_numpy(dtype=np.float64))
+        h, c = h[order], c[order]
+        first = _first_of_each(h * n_codes + c)  # first position of each (visit, code)
+        h, c = h[first], c[first]
+    else:  # sorted (visit, code) pairs, each once: one sort of one int64 key
+        if h.size and (h.min() < 0 or h.max() >= np.iinfo(np.int64).max // n_codes):
+            order = np.lexsort((c, h))
+            h, c = h[order], c[order]
+            keep = np.r_[True, (h[1:] != h[:-1]) | (c[1:] != c[:-1])]
+            h, c = h[keep], c[keep]
+        else:
+            key = np.sort(h * n_codes + c)
+            key = key[np.r_[True, key[1:] != key[:-1]]]
+            h, c = key // n_codes, key % n_codes
     flat = np.asarray(uniques, dtype=object)[c].tolist()  # one str object per distinct code
     starts = np.r_[0, np.flatnonzero(h[1:] != h[:-1]) + 1]
     ends = np.r_[starts[1:], len(flat)]
@@ -353,6 +361,27 @@ def _lists(rows: pd.DataFrame) -> pd.Series:
     # plain object column of Python lists (pandas 3 would otherwise infer an Arrow list dtype,
     # whose parquet metadata pandas cannot read back)
     return pd.Series(lists, index=pd.Index(h[starts], name="hadm_id"), dtype=object)
+
+
+def _visit_seq_order(h: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Row order by visit, then SEQ_NUM (missing last), then file order.
+
+    Integer SEQ_NUMs below 2**20 and ids below 2**42 (MIMIC's) make one int64 key and one stable
+    sort; anything else takes the three-key lexsort.
+    """
+    finite = np.isfinite(seq)
+    whole = finite & (seq >= 0) & (seq < 2**20) & (np.mod(seq, 1) == 0)
+    if h.size and (whole | ~finite).all() and h.min() >= 0 and h.max() < 2**42:
+        key = (h << 21) + np.where(finite, seq, 2**20).astype(np.int64)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((np.arange(len(h)), np.where(finite, seq, np.inf), h))
+
+
+def _first_of_each(key: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each value of ``key``, in its current order."""
+    first = np.zeros(len(key), dtype=bool)
+    first[np.unique(key, return_index=True)[1]] = True  # the index of each value's first row
+    return first
 
 
 def admission_age(
@@ -730,8 +759,12 @@ def ddi_rate_of_visits(medications: pd.Series, vocab_meds: list[str], adj: np.nd
     if lengths.sum() == 0:
         return 0.0
     rows = np.repeat(np.arange(len(medications)), lengths)
-    flat = np.fromiter(chain.from_iterable(medications), dtype=object, count=int(lengths.sum()))
-    cols = pd.Index(vocab_meds, dtype=object).get_indexer(flat)
+    pos: defaultdict[str, int] = defaultdict(lambda: -1, {m: i for i, m in enumerate(vocab_meds)})
+    cols = np.fromiter(
+        map(pos.__getitem__, chain.from_iterable(medications)),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
     ok = cols >= 0
     y = sparse.csr_matrix(
         (np.ones(int(ok.sum()), dtype=np.float64), (rows[ok], cols[ok])),

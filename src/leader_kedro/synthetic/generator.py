@@ -197,14 +197,9 @@ def _dates(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
 
 
 def _timestamps(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
-    """The dates of ``_dates`` kept as timestamps (8 bytes a row); ``_as_text`` casts them."""
+    """The dates of ``_dates`` kept as timestamps (8 bytes a row); ``_as_text`` casts them.
+    (PRESCRIPTIONS' text columns are kept dictionary-encoded the same way.)"""
     return pa.array(seconds.astype("datetime64[s]"), mask=mask)
-
-
-def _take_encoded(values: list[str], idx: np.ndarray, mask: np.ndarray | None = None):
-    """``_take`` kept dictionary-encoded (4 bytes a row); ``_as_text`` decodes it."""
-    ind = pa.array(idx.astype(np.int32), mask=mask)
-    return pa.DictionaryArray.from_arrays(ind, _labels(values))
 
 
 def _as_text(table: pa.Table) -> pa.Table:
@@ -1016,8 +1011,10 @@ def _prescriptions_table(rng, cat: pd.DataFrame, rx: _Prescriptions, v_subject, 
         "STARTDATE": _timestamps(rx.start),
         "ENDDATE": _timestamps(rx.end),
     }
+    item = pa.array(rx.item.astype(np.int32))  # one index array shared by the item columns
     for col in COLUMNS["PRESCRIPTIONS"][6:]:
-        presc[col] = _take_encoded(item_cols[col], rx.item, ndc_null if col == "NDC" else None)
+        ind = pa.array(rx.item.astype(np.int32), mask=ndc_null) if col == "NDC" else item
+        presc[col] = pa.DictionaryArray.from_arrays(ind, _labels(item_cols[col]))
     return pa.table({c: presc[c] for c in COLUMNS["PRESCRIPTIONS"]})
 
 
@@ -1268,9 +1265,12 @@ def write_cohort(
 def read_oracle(path: str | Path, hadm_ids, medications) -> np.ndarray:
     """[len(hadm_ids), len(medications)] float64: the oracle probabilities of those admissions and
     classes, from ``SYNTHETIC_ORACLE.parquet``. A class the cohort never gives is 0."""
-    table = pd.read_parquet(path).set_index("HADM_ID")
+    names = set(pq.read_schema(path).names)
+    present = [m for m in dict.fromkeys(medications) if m in names]
+    table = pq.read_table(path, columns=["HADM_ID", *present])  # Arrow: no pandas copy
     ids = pd.Index(np.asarray(hadm_ids, dtype=np.int64))
-    missing = ids.difference(table.index)
+    pos = pd.Index(table.column("HADM_ID").to_numpy()).get_indexer(ids)
+    missing = ids[pos < 0]
     if len(missing):
         raise ValueError(
             f"{path}: no oracle row for {len(missing)} admission(s), e.g. {list(missing[:3])}; "
@@ -1278,8 +1278,8 @@ def read_oracle(path: str | Path, hadm_ids, medications) -> np.ndarray:
         )
     out = np.zeros((len(ids), len(medications)), dtype=np.float64)
     for j, med in enumerate(medications):
-        if med in table.columns:
-            out[:, j] = table[med].reindex(ids).to_numpy(dtype=np.float64)
+        if med in names:
+            out[:, j] = table.column(med).to_numpy()[pos]
     return out
 
 
