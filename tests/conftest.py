@@ -69,6 +69,33 @@ def _no_mlflow_state_leaks():
     order. (kedro-mlflow's hook is a process-wide singleton that keeps the last run id even when
     a later session has tracking off.)"""
     yield
+    _reset_mlflow_state()
+
+
+@pytest.fixture(scope="session")
+def tracked_flow(tmp_path_factory) -> Path:
+    """The whole default flow (conf/test) with MLflow tracking on, run once per session in a
+    project copy: its ``mlflow.db`` holds the run and the registered ``leader-student`` with the
+    alias ``champion``. The end-to-end test checks the flow; the serve, score, registry and
+    notebook tests use what it made (never the user's own mlflow.db)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    project = copy_project(tmp_path_factory.mktemp("tracked_flow"), tracking=True)
+    (project / "logs").mkdir(exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env="test") as session:
+            session.run()
+    finally:
+        os.chdir(cwd)
+        _reset_mlflow_state()
+    return project
+
+
+def _reset_mlflow_state() -> None:
     import mlflow
     from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
 

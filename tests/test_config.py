@@ -11,6 +11,7 @@ from leader_kedro.config import as_dict, build_config
 from leader_kedro.contracts import IngestInputError, ParameterError
 from leader_kedro.evaluation.protocols import EvaluateConfig
 from leader_kedro.ingest.cohort import IngestConfig
+from leader_kedro.student.scoring import ScoreConfig
 from leader_kedro.student.training import DistillConfig
 from leader_kedro.synthetic.generator import SyntheticConfig
 from leader_kedro.teacher.features import FeaturesConfig
@@ -20,7 +21,11 @@ from leader_kedro.teacher.training import TeacherConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # paths resolved against the project root on each machine: not a fixed default
-MACHINE_PATHS = {"teacher": {"checkpoint_dir"}, "evaluate": {"report": {"gpu_results"}}}
+MACHINE_PATHS = {
+    "teacher": {"checkpoint_dir"},
+    "evaluate": {"report": {"gpu_results"}},
+    "score": {"input"},
+}
 
 
 def _base_parameters() -> dict:
@@ -50,6 +55,7 @@ def _drop(tree: dict, paths) -> dict:
         ("evaluate", EvaluateConfig),
         ("features", FeaturesConfig),
         ("prompts", PromptConfig),
+        ("score", ScoreConfig),
         ("synthetic", SyntheticConfig),
         ("teacher", TeacherConfig),
     ],

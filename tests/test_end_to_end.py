@@ -39,10 +39,8 @@ def test_distill_on_a_fresh_project_names_the_missing_artifact(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch, project_copy):
-    project = project_copy(tmp_path, tracking=True)
-    monkeypatch.chdir(project)
-    _run(project)
+def test_default_flow_end_to_end_with_mlflow(tracked_flow, tmp_path):
+    project = tracked_flow  # the default flow, tracking on (tests/conftest.py)
 
     reporting = project / "data" / "08_reporting"
     metrics = json.loads((reporting / "metrics.json").read_text())
@@ -70,7 +68,7 @@ def test_default_flow_end_to_end_with_mlflow(tmp_path, monkeypatch, project_copy
         f"""
         import mlflow, pandas as pd
         mlflow.set_tracking_uri("sqlite:///{db}")
-        model = mlflow.pyfunc.load_model("models:/leader-student/{versions[0].version}")
+        model = mlflow.pyfunc.load_model("models:/leader-student@champion")
         patient = pd.DataFrame([{{
             "diagnoses": [["4019", "42731"]], "procedures": [[]], "medications": [],
             "gender": "F", "age": 71.0, "insurance": "Medicare", "language": "ENGL",

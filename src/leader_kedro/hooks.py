@@ -320,7 +320,8 @@ def _producing_stages() -> dict[str, str]:
 
     from leader_kedro.pipeline_registry import STAGES
 
-    producers: dict[str, str] = {}
+    # the score pipeline reads the champion from the MLflow registry, where distill puts it
+    producers: dict[str, str] = {"leader_student_champion": "distill"}
     for stage in STAGES:
         module = importlib.import_module(f"leader_kedro.pipelines.{stage}.pipeline")
         for output in module.create_pipeline().all_outputs():
