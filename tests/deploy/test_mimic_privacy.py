@@ -36,6 +36,32 @@ def _run_demo_flow(project: Path, params: dict) -> None:
         os.chdir(cwd)
 
 
+ID_KEYS = re.compile(r"subject|hadm|patient|admission|stay", re.IGNORECASE)
+
+
+def _json_ids(value, ids: set[str], key: str = "") -> list[str]:
+    """Ids in a JSON document: in any string or key, as a number under an id-like key, or as
+    two or more numbers of one list. (A number alone is not searched: a tokenizer's vocabulary
+    maps thousands of tokens to numbers that happen to look like subject ids.)"""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += [f"key {k!r}" for i in ids if re.search(rf"(?<![0-9.]){i}(?![0-9])", str(k))]
+            found += _json_ids(v, ids, str(k))
+    elif isinstance(value, list):
+        numbers = [str(v) for v in value if isinstance(v, int) and not isinstance(v, bool)]
+        if len(set(numbers) & ids) >= 2:
+            found.append(f"a list of ids under {key!r}")
+        for v in value:
+            found += _json_ids(v, ids, key)
+    elif isinstance(value, str):
+        found += [f"{i} in a string" for i in ids if re.search(rf"(?<![0-9.]){i}(?![0-9])", value)]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if str(value) in ids and ID_KEYS.search(key):
+            found.append(f"{key}={value}")
+    return found
+
+
 def _lists_of_strings(value):
     if isinstance(value, list):
         if value and all(isinstance(v, str) for v in value):
@@ -49,7 +75,6 @@ def _lists_of_strings(value):
 
 @pytest.mark.slow
 def test_a_mimic_demo_run_logs_no_patient_level_data(shared_data, tmp_path_factory, project_copy):
-    import mlflow
     from demo_helpers import env_ingest
     from reliability_kit import save_tiny_bert
 
@@ -71,8 +96,15 @@ def test_a_mimic_demo_run_logs_no_patient_level_data(shared_data, tmp_path_facto
         },
     )
 
-    # what must never leave the data folder
-    admissions = pd.read_csv(shared_data / "mimic3_demo" / "ADMISSIONS.csv")
+    leaks = patient_data_in_mlflow(project, shared_data / "mimic3_demo")
+    assert not leaks, "\n".join(leaks[:30])
+
+
+def patient_data_in_mlflow(project: Path, demo: Path) -> list[str]:
+    """Where the run's artifacts, parameters and tags hold a demo id, a code list or a prompt."""
+    import mlflow
+
+    admissions = pd.read_csv(demo / "ADMISSIONS.csv")
     admissions.columns = [c.lower() for c in admissions.columns]
     ids = {str(i) for i in admissions["subject_id"]} | {str(i) for i in admissions["hadm_id"]}
     visits = pd.read_parquet(project / "data/03_primary/visits.parquet")
@@ -104,15 +136,17 @@ def test_a_mimic_demo_run_logs_no_patient_level_data(shared_data, tmp_path_facto
     leaks = []
     for path in artifacts:
         raw = path.read_bytes()
-        if id_pattern.search(raw):
+        if path.suffix == ".json":
+            document = json.loads(raw)
+            leaks += [f"{path}: {what}" for what in _json_ids(document, ids)]
+            for found in _lists_of_strings(document):
+                if found in code_lists:
+                    leaks.append(f"{path}: a visit's code list {found}")
+        elif id_pattern.search(raw):
             leaks.append(f"{path}: id {id_pattern.search(raw).group().decode()}")
         if path.suffix not in TEXT_SUFFIXES:
             continue
         text = raw.decode("utf-8", errors="replace")
-        if path.suffix == ".json":
-            for found in _lists_of_strings(json.loads(text)):
-                if found in code_lists:
-                    leaks.append(f"{path}: a visit's code list {found}")
         leaks += [f"{path}: a code list" for rx in sequences if rx.search(text)]
         leaks += [f"{path}: a prompt" for head in prompt_heads if head in text]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -123,4 +157,4 @@ def test_a_mimic_demo_run_logs_no_patient_level_data(shared_data, tmp_path_facto
             for key, value in values.items():
                 if id_pattern.search(str(value).encode()):
                     leaks.append(f"run {kind} {key}={value[:80]}")
-    assert not leaks, "\n".join(leaks[:30])
+    return leaks

@@ -117,11 +117,7 @@ def test_viz_build_has_every_pipeline_and_layer_and_no_warning(viz_site):
         view = _json(viz_site, "pipelines", pipeline)
         assert view["nodes"] and view["layers"], pipeline  # no layers: viz switched them off
         used = {n.get("layer") for n in view["nodes"] if n["type"] == "data"} - {None}
-        # the layers this pipeline's datasets sit in, in flow order
-        assert [x for x in view["layers"] if x in used] == [x for x in LAYERS if x in used], (
-            pipeline,
-            view["layers"],
-        )
+        assert used <= set(view["layers"]), (pipeline, used, view["layers"])
     # previews: every table on disk has one, unless switched off (list columns)
     catalog = {}
     for path in (viz_site["project"] / "conf" / "base").glob("catalog*.yml"):
