@@ -69,6 +69,7 @@ def make_inputs(
         "samples_test": test,
         "vocab": cohort["vocab"],
         "code_names": cohort["code_names"],
+        "ddi_adjacency": cohort["ddi_adjacency"],
         "teacher_features_train": features,
         "teacher_card": card,
         "prompts_train": prompts,
