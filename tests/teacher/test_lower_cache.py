@@ -266,3 +266,24 @@ def test_span_teacher_saves_its_marker_and_encodes_with_it(bert4, cohort, tmp_pa
         atol=TOL,
         rtol=0,
     )
+
+
+def test_the_trained_teacher_reuses_the_cache_for_train_and_val_prompts(bert4, cohort, tmp_path):
+    """After a cached training the bundle keeps the lower-block outputs of the train and val
+    prompts (features, val predictions); the figures equal a fresh full-path encode."""
+    bundle, history = _train(cohort, _params(bert4, tmp_path, "cache", num_epochs=1))
+    texts = cohort["prompts_train"]["prompt"].tolist() + cohort["prompts_val"]["prompt"].tolist()
+    assert len(bundle._lower_memo) == len(set(map(tuple, bundle.token_ids(texts))))
+    test_texts = cohort["prompts_test"]["prompt"].tolist()
+    mixed = texts[:5] + test_texts[:5]  # batches with and without cached prompts
+    with_memo = [bundle.encode(t, batch_size=4) for t in (texts, mixed)]
+    bundle.forget_lower()
+    without = [bundle.encode(t, batch_size=4) for t in (texts, mixed)]
+    for a, b in zip(with_memo, without, strict=True):
+        np.testing.assert_allclose(a[0], b[0], atol=TOL, rtol=0)
+        np.testing.assert_allclose(a[1], b[1], atol=TOL, rtol=0)
+    # a size cap of 0 keeps nothing
+    small, _ = _train(
+        cohort, _params(bert4, tmp_path / "cap", "cache", num_epochs=1, keep_lower_cache_mib=0)
+    )
+    assert small._lower_memo == {}

@@ -619,6 +619,18 @@ class TeacherBundle:
             model.trainable_state_dict(), self.config
         )
         self.config["fingerprint"] = self.fingerprint
+        self._lower_memo: dict[tuple[int, ...], Any] = {}
+
+    def remember_lower(self, seqs: list[list[int]], hidden: list) -> None:
+        """Keep the frozen lower blocks' outputs ``hidden`` (``[L_i, H]``) of these token
+        sequences, as training computed them: :meth:`encode` then runs only the upper blocks for
+        them (the features of the train and val prompts, the val predictions). In memory only,
+        for the rest of the process; the lower blocks are frozen, so they never go stale."""
+        if getattr(self.model, "can_cache", False):
+            self._lower_memo = {tuple(s): h for s, h in zip(seqs, hidden, strict=True)}
+
+    def forget_lower(self) -> None:
+        self._lower_memo = {}
 
     @property
     def n_parameters(self) -> int:
@@ -666,6 +678,7 @@ class TeacherBundle:
         order = np.argsort([len(s) for s in seqs], kind="stable")
         device = next(self.model.parameters()).device
         pad_id = self.tokenizer.pad_token_id
+        memo = getattr(self, "_lower_memo", None) or {}
         self.model.eval()
         bar = tqdm(total=n, desc="teacher", unit="prompt", disable=not progress, leave=False)
         with torch.inference_mode(), bar:
@@ -677,7 +690,18 @@ class TeacherBundle:
                     if starts is not None
                     else None
                 )
-                pooled = self.model.pool(ids.to(device), mask.to(device), span)
+                known = [memo.get(tuple(seqs[i])) for i in idx] if memo else []
+                if known and all(h is not None for h in known):
+                    lower = known[0].new_zeros((len(idx), ids.shape[1], known[0].shape[-1]))
+                    for row, h in enumerate(known):
+                        lower[row, : h.shape[0]] = h
+                    pooled = self.model.pool(
+                        attention_mask=mask.to(device),
+                        span_start=span,
+                        hidden_states=lower.to(device),
+                    )
+                else:
+                    pooled = self.model.pool(ids.to(device), mask.to(device), span)
                 logits = self.model.head(pooled.to(self.model.head.weight.dtype))
                 hidden_out[idx] = pooled.float().cpu().numpy()
                 prob_out[idx] = torch.sigmoid(logits.float()).cpu().numpy()

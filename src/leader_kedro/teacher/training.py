@@ -77,6 +77,9 @@ class TeacherConfig:
     # frozen blocks below the lowest LoRA block: auto (cache when possible, else eval) | cache |
     # eval (no dropout in them; same model as cache, slower) | train (dropout in them too)
     lower_blocks: str = "auto"
+    # the trained teacher keeps the cached lower-block outputs of the train/val prompts for the
+    # rest of the run (features, val predictions run only the upper blocks) up to this size
+    keep_lower_cache_mib: int = 2048
     max_length: int = 512
     torch_dtype: str = "float32"
     lora: LoraConfig = LoraConfig()
@@ -495,6 +498,8 @@ def train_teacher(
     config["training"] = {k: summary[k] for k in ("global_step", "best_val_prauc", "epochs_run")}
     model.to("cpu" if not use_cuda else model.head.weight.device)
     bundle = TeacherBundle(model, tokenizer, config)
+    if cache is not None and cache["mib"] <= int(cfg.keep_lower_cache_mib):
+        bundle.remember_lower(data.train_ids + data.val_ids, cache["train"] + cache["val"])
     return bundle, {
         "history": history,
         "summary": summary,
