@@ -690,8 +690,9 @@ class TeacherBundle:
                     if starts is not None
                     else None
                 )
-                known = [memo.get(tuple(seqs[i])) for i in idx] if memo else []
-                if known and all(h is not None for h in known):
+                found = [memo.get(tuple(seqs[i])) for i in idx] if memo else []
+                known = [h for h in found if h is not None]
+                if known and len(known) == len(idx):
                     lower = known[0].new_zeros((len(idx), ids.shape[1], known[0].shape[-1]))
                     for row, h in enumerate(known):
                         lower[row, : h.shape[0]] = h
