@@ -318,7 +318,7 @@ def test_cli_prints_one_message_for_a_damaged_artifact(flow, tmp_path):
     project = new_project(tmp_path / "p")
     shutil.copytree(flow["a"] / "data", project / "data", dirs_exist_ok=True)
     (project / "data" / "03_primary" / "vocab.json").write_text('{"medication": [')
-    done = _kedro(project, "--nodes=baseline_mostfreq")
+    done = _kedro(project, "--nodes=evaluate.baseline_mostfreq")
     lines = _error_lines(done.stderr)
     print(f"damaged vocab: {len(done.stderr.splitlines())} stderr lines: {lines}")
     assert done.returncode == 1

@@ -242,7 +242,8 @@ def test_features_pipeline_with_a_split_switched_off(teacher, prompts, project_r
     factories = yaml.safe_load((project_root / "conf/base/catalog.yml").read_text())
     entries["teacher_features_{split}"] = factories["teacher_features_{split}"]
     for entry in entries.values():
-        entry["filepath"] = str(tmp_path / entry["filepath"])
+        inner = entry.get("dataset", entry)  # reports are wrapped in MlflowArtifactDataset
+        inner["filepath"] = str(tmp_path / inner["filepath"])
     catalog = DataCatalog.from_config(entries)
     params = yaml.safe_load((project_root / "conf/test/parameters_features.yml").read_text())
     params["features"]["splits"] = ["train", "test"]

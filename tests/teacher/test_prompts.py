@@ -367,7 +367,8 @@ def test_prompts_pipeline_runs_with_the_catalog_entries(cohort, project_root, tm
     factories = yaml.safe_load((project_root / "conf/base/catalog.yml").read_text())
     entries["prompts_{split}"] = factories["prompts_{split}"]
     for entry in entries.values():  # the project's own entries, written under tmp_path
-        entry["filepath"] = str(tmp_path / entry["filepath"])
+        inner = entry.get("dataset", entry)  # reports are wrapped in MlflowArtifactDataset
+        inner["filepath"] = str(tmp_path / inner["filepath"])
     catalog = DataCatalog.from_config(entries)
     data = {f"samples_{s}": cohort[f"samples_{s}"] for s in ("train", "val", "test")}
     data |= {"code_names": cohort["code_names"], "params:prompts": params["prompts"]}
