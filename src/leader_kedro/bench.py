@@ -174,7 +174,8 @@ def _bench_ingest_kedro_in(args, project: Path) -> int:
         print(proc.stderr[-5000:], file=sys.stderr)
         return proc.returncode
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu = usage.ru_maxrss / 1024**2, usage.ru_utime + usage.ru_stime
     stages = child["stages"] + child["io_totals"]
     gen = sum(r["wall_s"] for r in stages if r["stage"] == "generate")
     c = child["cohort"]
@@ -186,7 +187,7 @@ def _bench_ingest_kedro_in(args, project: Path) -> int:
     print(stage_table(stages))
     print(
         f"process wall {wall:.1f} s (session {child['wall_s']:.1f} s; without generate "
-        f"{wall - gen:.1f} s), peak RSS {peak:.2f} GiB; load average before "
+        f"{wall - gen:.1f} s), CPU {cpu:.1f} s, peak RSS {peak:.2f} GiB; load average before "
         f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after "
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
     )

@@ -91,22 +91,23 @@ class StageMeter:
         finally:
             self.end(running)
 
-    def begin(self, name: str) -> tuple[str, int, _Sampler, float]:
+    def begin(self, name: str) -> tuple[str, int, _Sampler, float, float]:
         """Start measuring a stage (``stage`` is the context-manager form); ``end`` stops it."""
         sampler = _Sampler()
         sampler.start()
-        return name, _hwm_kib(), sampler, time.perf_counter()
+        return name, _hwm_kib(), sampler, time.perf_counter(), time.process_time()
 
-    def end(self, running: tuple[str, int, _Sampler, float], **extra: Any) -> dict[str, Any]:
-        name, hwm_before, sampler, t0 = running
-        wall = time.perf_counter() - t0
+    def end(self, running: tuple[str, int, _Sampler, float, float], **extra: Any) -> dict[str, Any]:
+        name, hwm_before, sampler, t0, cpu0 = running
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         peak = sampler.stop()
         hwm_after = _hwm_kib()
         if hwm_after > hwm_before:  # a new process record: the mark is this stage's peak
             peak = max(peak, hwm_after)
-        return self.record(name, wall, peak / _KIB_PER_GIB, **extra)
+        return self.record(name, wall, peak / _KIB_PER_GIB, cpu_s=round(cpu, 2), **extra)
 
     def record(self, name: str, wall_s: float, peak_gib: float, **extra: Any) -> dict[str, Any]:
+        """One stage's row; ``cpu_s`` (the process's CPU time, all threads) when measured."""
         row = {
             "stage": name,
             "wall_s": round(wall_s, 2),
@@ -132,6 +133,9 @@ class StageMeter:
 
 
 def stage_table(stages: list[dict[str, Any]]) -> str:
-    lines = [f"{'stage':<10}{'wall s':>9}{'peak GiB':>10}"]
-    lines += [f"{r['stage']:<10}{r['wall_s']:>9.2f}{r['peak_gib']:>10.2f}" for r in stages]
+    """Stage, wall seconds, CPU seconds (all threads; '-' when not measured), peak GiB."""
+    lines = [f"{'stage':<10}{'wall s':>9}{'CPU s':>9}{'peak GiB':>10}"]
+    for r in stages:
+        cpu = f"{r['cpu_s']:>9.2f}" if "cpu_s" in r else f"{'-':>9}"
+        lines.append(f"{r['stage']:<10}{r['wall_s']:>9.2f}{cpu}{r['peak_gib']:>10.2f}")
     return "\n".join(lines)

@@ -49,7 +49,7 @@ class CatalogIOMeterHook:
         self._end("load", dataset_name)
 
     def totals(self) -> list[dict[str, Any]]:
-        """One row per kind (write, load): summed wall time, largest peak."""
+        """One row per kind (write, load): summed wall and CPU time, largest peak."""
         out = []
         for kind in ("write", "load"):
             rows = [r for r in self.meter.stages if r.get("kind") == kind]
@@ -58,6 +58,7 @@ class CatalogIOMeterHook:
                     {
                         "stage": kind,
                         "wall_s": round(sum(r["wall_s"] for r in rows), 2),
+                        "cpu_s": round(sum(r.get("cpu_s", 0.0) for r in rows), 2),
                         "peak_gib": max(r["peak_gib"] for r in rows),
                     }
                 )
