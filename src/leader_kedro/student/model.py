@@ -460,7 +460,11 @@ def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None):
         f"{prefix}_bias": torch.zeros(n_sets),
     }
     if tokens is not None:
-        out[f"{prefix}_padded"] = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        tokens = np.asarray(tokens, dtype=np.int64)
+        out[f"{prefix}_padded"] = torch.from_numpy(tokens)
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        out[f"{prefix}_uniq"] = torch.from_numpy(uniq)
+        out[f"{prefix}_padded_uniq"] = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
     return out
 
 
@@ -513,6 +517,13 @@ def set_layout(
         padded = np.zeros(n_rows, dtype=np.int64)
         padded[pos] = tokens
         out[f"{prefix}_padded"] = torch.from_numpy(padded)
+        # the distinct codes of the batch, and each padded row's position among them (training
+        # projects each distinct code once, then gathers)
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        local = np.zeros(n_rows, dtype=np.int64)
+        local[pos] = inverse
+        out[f"{prefix}_uniq"] = torch.from_numpy(uniq)
+        out[f"{prefix}_padded_uniq"] = torch.from_numpy(local)
     return out
 
 
@@ -668,12 +679,16 @@ class TransformerBlock(nn.Module):
             return parts[0]  # one bucket, nothing padded: the rows are in code order already
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).index_select(0, pos)
 
-    def forward(self, x: torch.Tensor, layout: tuple) -> torch.Tensor:
-        """x [T, d] packed rows; layout (pos, valid, groups, seg, inv, bias) -> [S, d] set means."""
+    def forward(
+        self, x: torch.Tensor, layout: tuple, padded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [T, d] packed rows; layout (pos, valid, groups, seg, inv, bias) -> [S, d] set means.
+        ``padded`` [R, 3d]: q, k, v of the padded rows when the caller has them already."""
         pos, valid, seg, inv = layout[0], layout[1], layout[3], layout[4]
         p, training = self.drop.p, self.training
-        qkv = F.linear(self.ln1(x), self.qkv.weight)
-        padded = qkv.new_zeros((valid.shape[0], qkv.shape[1])).index_copy(0, pos, qkv)
+        if padded is None:
+            qkv = F.linear(self.ln1(x), self.qkv.weight)
+            padded = qkv.new_zeros((valid.shape[0], qkv.shape[1])).index_copy(0, pos, qkv)
         ctx = self.attend(padded, layout)
         x = x + dropout(F.linear(ctx, self.out.weight, self.out.bias), p, training)
         g = F.gelu(F.linear(self.ln2(x), self.ff1.weight, self.ff1.bias), approximate="tanh")
@@ -809,7 +824,12 @@ class LeaderStudent(nn.Module):
             return self.embedding.weight.new_zeros((0, self.embedding.embedding_dim))
         layout = _layout(batch, prefix)
         if self.training or torch.is_grad_enabled():
-            return trm(self.embedding(tokens), layout)
+            # the first layer norm and q/k/v projection depend on the code only: each distinct
+            # code of the batch is projected once, then gathered into the padded rows
+            uniq = batch[f"{prefix}_uniq"]
+            qkv = F.linear(trm.ln1(self.embedding(uniq)), trm.qkv.weight)
+            padded = F.embedding(batch[f"{prefix}_padded_uniq"], qkv)
+            return trm(self.embedding(tokens), layout, padded)
         # inference: a set transformer's input is a code embedding, so its first layer norm and
         # q/k/v projection are a per-code table, computed once per weights
         emb = self.embedding.weight
