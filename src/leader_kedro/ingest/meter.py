@@ -118,11 +118,11 @@ class StageMeter:
         self.stages.append(row)
         if self.log:
             logger.info(
-                "ingest stage %-8s %7.2f s   peak %5.2f GiB   (resident after %.2f GiB)",
+                "ingest stage %s: %.1f s (CPU %.1f s), peak %.2f GiB",
                 name,
                 row["wall_s"],
+                row.get("cpu_s", float("nan")),
                 row["peak_gib"],
-                row["rss_after_gib"],
                 extra={"ingest_stage": row},
             )
         return row
