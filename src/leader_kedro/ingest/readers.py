@@ -306,8 +306,8 @@ def read_table(
     empty = missing), ids as ``Int64``, counts and numbers as ``float64``, dates as
     ``datetime64[s]``. ``normalise`` maps a column to a function applied to its distinct values.
     """
-    table, fmt = read_arrow(path, columns)
-    return arrow_to_frame(table, columns, Path(path), normalise)
+    holder = [read_arrow(path, columns)[0]]
+    return arrow_to_frame(holder, columns, Path(path), normalise)
 
 
 def read_arrow(path: str | Path, columns: dict[str, str]) -> tuple[pa.Table, FileFormat]:
@@ -380,17 +380,22 @@ def _csv(path: Path, fmt: FileFormat, encoding: str, newlines: bool, types: dict
 
 
 def arrow_to_frame(
-    table: pa.Table, columns: dict[str, str], path: Path, normalise: dict | None = None
+    holder: list[pa.Table], columns: dict[str, str], path: Path, normalise: dict | None = None
 ) -> pd.DataFrame:
-    """Arrow columns -> the typed pandas columns of ``read_table``; each Arrow column is freed as
-    soon as it is converted, so that the two copies never coexist for the whole table."""
+    """Arrow columns -> the typed pandas columns of ``read_table``.
+
+    The table comes in a one-item list that this function empties, so that it holds the only
+    reference (a caller's argument would keep the whole table alive): each Arrow column is freed
+    as soon as it is converted, and the two copies never coexist for the whole table.
+    """
+    table = holder.pop()
     out: dict[str, pd.Series] = {}
     for col, kind in columns.items():
         arr = table.column(col)
         table = table.drop_columns([col])
         out[col] = _coerce(arr, kind, path, col, (normalise or {}).get(col))
         del arr
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)
 
 
 def _categories_of(arr: pa.ChunkedArray) -> pd.Series:
@@ -545,8 +550,9 @@ def read_raw_tables(paths: dict[str, str], source: str) -> RawTables:
         formats[stem.upper()] = fmt.describe()
         if fmt.encoding != "utf-8" or fmt.delimiter != "," or fmt.bom:
             logger.warning("%s: read as %s", path, fmt.describe())
-        raw[name] = arrow_to_frame(table, columns, path, normalise)
+        holder = [table]
         del table
+        raw[name] = arrow_to_frame(holder, columns, path, normalise)
     rows_read = {specs[name][0]: int(len(df)) for name, df in raw.items()}
     if mimic4:
         raw["admissions"] = raw["admissions"].rename(columns={"race": "ethnicity"})
