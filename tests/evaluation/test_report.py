@@ -193,7 +193,7 @@ def test_load_optional_json(tmp_path):
 
 def test_markdown_shows_oracle_learning_curve_and_rare_code_groups(doc, curve):
     md = R.render_markdown(doc, EFF, INGEST, learning_curve=curve)
-    head = md.split("## Headline")[1].split("##")[0]
+    head = md.split("## Every model on the same test split")[1].split("##")[0]
     assert "Oracle: the generator's true probabilities" in head  # a row of the evaluation
     groups = md.split("## Groups")[1].split("## Headroom")[0]
     assert "| model | overall | single-visit | multi-visit | rare dx | no rare dx |" in groups
@@ -208,3 +208,58 @@ def test_markdown_without_oracle_says_so(doc):
     real = dict(doc, models={m: r for m, r in doc["models"].items() if m != "oracle"})
     md = R.render_markdown(real, None, {"source": "mimic3", "cohort": {}})
     assert "No oracle" in md and "`mimic3`" in md and "No learning curve" in md
+
+
+PAIRED = {
+    "metric": "prauc",
+    "rounds": 1000,
+    "level": 0.95,
+    "rows": [
+        {
+            "comparison": "student - student_no_kd",
+            "model_a": "student",
+            "model_b": "student_no_kd",
+            "group": g,
+            "metric": "prauc",
+            "mean": mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "excludes_zero": lo > 0 or hi < 0,
+            "n_seeds": {"student": 5, "student_no_kd": 5},
+            "n_patients": n,
+            "n_samples": n,
+            "rounds": 1000,
+        }
+        for g, mean, lo, hi, n in (
+            ("overall", 0.031, 0.012, 0.05, 143),
+            ("single_visit", 0.01, -0.02, 0.04, 50),
+            ("multi_visit", -0.04, -0.07, -0.01, 93),
+        )
+    ],
+    "skipped": [
+        {
+            "comparison": "student - oracle",
+            "model_a": "student",
+            "model_b": "oracle",
+            "reason": "oracle: no test predictions",
+        }
+    ],
+}
+
+
+def test_paired_comparisons_head_the_report(doc):
+    md = R.render_markdown(doc, EFF, INGEST, paired=PAIRED)
+    titles = [line for line in md.splitlines() if line.startswith("## ")]
+    assert titles[:3] == [
+        "## Paired comparisons (patient bootstrap over seeds)",
+        "## Dataset",
+        "## Protocols",
+    ]
+    section = md.split("## Paired comparisons")[1].split("\n## ")[0]
+    assert "replication numbers" in section and "patients" in section
+    assert "| `student` − `student_no_kd` | 5 / 5 | +0.0310 [+0.0120, +0.0500] ▲ |" in section
+    assert "+0.0100 [-0.0200, +0.0400] |" in section  # includes 0: no mark
+    assert "-0.0400 [-0.0700, -0.0100] ▼" in section
+    assert "overall (n=143, 143 patients)" in section
+    assert "- student - oracle: oracle: no test predictions" in section
+    assert "Not computed" in R.render_markdown(doc, EFF, INGEST)

@@ -83,6 +83,25 @@ def run_outputs(tmp_path_factory):
             data[f"{m}_predictions_{split}"] = _pred(
                 c[f"samples_{split}"], vocab, 10 * k + len(split), 0.3 + 0.2 * k
             )
+    # three seeds of the main student and its no-KD ablation (the long table of the distill stage)
+    data["student_seed_predictions"] = pd.concat(
+        [
+            C.seed_predictions_frame(
+                model,
+                seed,
+                split,
+                c[f"samples_{split}"]["sample_id"].tolist(),
+                _pred(c[f"samples_{split}"], vocab, 100 * seed + k, 0.3 + 0.2 * k)[
+                    vocab["medication"]
+                ].to_numpy(),
+                vocab["medication"],
+            )
+            for k, model in enumerate(("student", "student_no_kd"))
+            for seed in (1, 2, 3)
+            for split in ("val", "test")
+        ],
+        ignore_index=True,
+    )
     pipeline = create_pipeline()
     catalog = DataCatalog(
         {name: MemoryDataset(value, copy_mode="assign") for name, value in data.items()}
@@ -92,7 +111,13 @@ def run_outputs(tmp_path_factory):
         def _release(self) -> None:
             pass
 
-    keep = {"metrics", "efficiency", "learning_curve", "baseline_logreg_predictions_test"}
+    keep = {
+        "metrics",
+        "paired",
+        "efficiency",
+        "learning_curve",
+        "baseline_logreg_predictions_test",
+    }
     for out in pipeline.outputs() | keep:
         if out not in data:
             catalog[out] = Kept(copy_mode="assign")
@@ -101,6 +126,7 @@ def run_outputs(tmp_path_factory):
         name: catalog.load(name)
         for name in (
             "metrics",
+            "paired",
             "efficiency",
             "learning_curve",
             "report",
@@ -141,6 +167,37 @@ def test_pipeline_produces_report_and_metrics(run_outputs):
         "sample_id",
         *c["vocab"]["medication"],
     ]
+
+
+def test_pipeline_writes_the_paired_comparisons(run_outputs):
+    from leader_kedro.pipelines.evaluate import create_pipeline
+
+    pipeline = create_pipeline()
+    assert "paired" in pipeline.all_outputs()
+    assert "student_seed_predictions" in pipeline.inputs()
+    assert "paired" in next(n for n in pipeline.nodes if n.name == "make_report").inputs
+    out, c = run_outputs
+    paired = out["paired"]
+    assert (paired["metric"], paired["rounds"], paired["level"]) == ("prauc", 1000, 0.95)
+    rows = {(r["comparison"], r["group"]): r for r in paired["rows"]}
+    row = rows[("student - student_no_kd", "overall")]
+    assert row["n_seeds"] == {"student": 3, "student_no_kd": 3}
+    assert row["n_samples"] == len(c["samples_test"])
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    assert rows[("student - teacher", "multi_visit")]["n_seeds"] == {"student": 3, "teacher": 1}
+    assert {g for _, g in rows} | {s.get("group") for s in paired["skipped"]} >= {
+        "overall",
+        "single_visit",
+        "multi_visit",
+        "rare_dx",
+    }
+    assert ("student - oracle", "overall") in rows
+    # no seed rows: a wired table is its one seed, else the comparison is skipped with the reason
+    skipped = {s["comparison"] for s in paired["skipped"] if "group" not in s}
+    assert skipped <= {"student - student_shuffled_kd"}
+    md = out["report"]
+    assert md.index("## Paired comparisons") < md.index("## Dataset")
+    assert "`student` − `student_no_kd` | 3 / 3 |" in md
 
 
 def test_unwired_model_is_a_clear_error():

@@ -130,6 +130,7 @@ TEST_REPORTS = {
     "metrics": lambda m: m["thresholds"],  # thresholds are tuned on val
     "student_seed_predictions": lambda f: f[f["split"] != "test"],
     "learning_curve": None,
+    "paired": None,  # paired bootstrap over the test patients: a test report by design
     "prompt_length_report": None,
     "teacher_features_report": None,
     "efficiency": None,

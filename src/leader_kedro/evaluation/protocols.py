@@ -38,6 +38,7 @@ from leader_kedro.contracts import (
     prediction_matrix,
 )
 from leader_kedro.evaluation import metrics as M
+from leader_kedro.evaluation.paired import PairedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class EvaluateConfig:
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     learning_curve: LearningCurveConfig = field(default_factory=LearningCurveConfig)
+    paired: PairedConfig = field(default_factory=PairedConfig)
 
 
 def evaluate_config(params: Mapping | EvaluateConfig | None) -> EvaluateConfig:

@@ -111,10 +111,13 @@ def render_markdown(
     targets: Mapping[str, float] | None = None,
     learning_curve: Mapping[str, Any] | None = None,
     node_timings: Mapping[str, Any] | None = None,
+    paired: Mapping[str, Any] | None = None,
 ) -> str:
-    """The whole markdown report: one section after another."""
+    """The whole markdown report: one section after another, headed by the paired comparisons
+    (``paired``, from ``evaluation.paired.paired_comparisons``)."""
     out: list[str] = [
         *_section_title(doc),
+        *_section_paired(paired),
         *_section_dataset(ingest_report),
         *_section_protocols(doc),
         *_section_headline(doc, labels),
@@ -144,6 +147,79 @@ def _section_title(doc: Mapping[str, Any]) -> list[str]:
         f"{int(100 * doc.get('ci', 0.95))}% percentile intervals over the rounds.",
         "",
     ]
+
+
+def _signed(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}"
+
+
+def _paired_cell(row: Mapping[str, Any] | None) -> str:
+    """``mean [ci_low, ci_high]`` with ▲ / ▼ where the interval lies above / below 0."""
+    if not row:
+        return "n/a"
+    mark = ""
+    if row.get("excludes_zero"):
+        mark = " ▲" if row["ci_low"] > 0 else " ▼"
+    return f"{_signed(row['mean'])} [{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]{mark}"
+
+
+def _section_paired(paired: Mapping[str, Any] | None) -> list[str]:
+    """## Paired comparisons: one row per comparison, one column per group, ``A - B`` of the
+    per-sample PRAUC with its bootstrap interval over patients and seeds, and what was skipped."""
+    out = ["## Paired comparisons (patient bootstrap over seeds)", ""]
+    if not paired:
+        return [*out, "Not computed (no `paired` document).", ""]
+    level = int(round(100 * paired.get("level", 0.95)))
+    rows = list(paired.get("rows", []))
+    out += [
+        f"Each cell is the difference A − B of the per-sample PRAUC (average precision of a "
+        f"test sample's probabilities against its labels), averaged over the test samples of the "
+        f"group, each model's PRAUC averaged over its seeds; in brackets the {level}% percentile "
+        f"interval over {paired.get('rounds')} bootstrap rounds that draw the test **patients** "
+        "with replacement (every sample of a drawn patient) and each model's **seeds** with "
+        "replacement (the same draws for two models trained on the same seeds; the teacher, the "
+        "baselines and the oracle have one prediction table each). ▲ / ▼: the interval lies "
+        "entirely above / below 0 (A / B is better); no mark: the data cannot tell them apart. "
+        "These are the comparisons this report stands on; the LEADER and SafeDrug protocol tables "
+        "below are replication numbers (unpaired rounds over one run of each model).",
+        "",
+    ]
+    if rows:
+        groups = list(dict.fromkeys(r["group"] for r in rows))
+        comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
+        by_key = {(r["comparison"], r["group"]): r for r in rows}
+        sizes = {r["group"]: (r["n_samples"], r["n_patients"]) for r in rows}
+        head = ["A − B", "seeds (A / B)"] + [
+            f"{GROUP_LABELS.get(g, g)} (n={sizes[g][0]}, {sizes[g][1]} patients)" for g in groups
+        ]
+        table = []
+        for comp in comparisons:
+            first = next(r for r in rows if r["comparison"] == comp)
+            seeds = first["n_seeds"]
+            a, b = first["model_a"], first["model_b"]
+            table.append(
+                [
+                    f"`{a}` − `{b}`",
+                    f"{seeds.get(a, '?')} / {seeds.get(b, '?')}",
+                    *[_paired_cell(by_key.get((comp, g))) for g in groups],
+                ]
+            )
+        out += [_md_table(head, table), ""]
+    else:
+        out += ["No comparison could be made.", ""]
+    skipped = paired.get("skipped") or []
+    if skipped:
+        out.append("Skipped:")
+        out += [
+            f"- {s['comparison']}"
+            + (f" ({s['group']})" if s.get("group") else "")
+            + f": {s['reason']}"
+            for s in skipped
+        ]
+        out.append("")
+    return out
 
 
 def _section_dataset(ingest_report: Mapping[str, Any] | None) -> list[str]:
@@ -201,7 +277,8 @@ def _section_protocols(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _section_headline(doc: Mapping[str, Any], labels: Mapping[str, str] | None) -> list[str]:
-    """## Headline: every model, overall, under the `tuned` protocol (else the first); none without protocols."""
+    """## Every model, overall, under the `tuned` protocol (else the first); none without
+    protocols. Replication numbers: the paired comparisons head the report."""
     protocols = doc.get("protocols", {})
     head_protocol = "tuned" if "tuned" in protocols else next(iter(protocols), None)
     if not head_protocol:
@@ -216,7 +293,8 @@ def _section_headline(doc: Mapping[str, Any], labels: Mapping[str, str] | None) 
             + [_fmt(pt.get("ddi_rate"))]
         )
     return [
-        f"## Headline: every model on the same test split (protocol `{head_protocol}`, overall)",
+        f"## Every model on the same test split (protocol `{head_protocol}`, overall; "
+        "replication numbers)",
         "",
         _md_table(["model", "threshold", "PRAUC", "Jaccard", "F1", "#MED", "DDI (pooled)"], rows),
         "",

@@ -90,6 +90,49 @@ def evaluate_models(
     return doc
 
 
+def paired_comparisons(
+    samples_train: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    vocab: dict,
+    student_seed_predictions: pd.DataFrame,
+    params: dict,
+    **predictions: pd.DataFrame,
+) -> dict[str, Any]:
+    """``paired``: the patient-level bootstrap of ``A - B`` over seeds for every comparison of
+    ``evaluate.paired.comparisons``. ``predictions`` holds ``{model}_test`` for every wired model
+    (the one-table models: teacher, baselines, oracle); the student variants' seeds come from the
+    test rows of ``student_seed_predictions``. A comparison whose model has no predictions is
+    listed under ``skipped`` with the reason."""
+    from leader_kedro import tracking
+    from leader_kedro.evaluation import paired
+    from leader_kedro.evaluation.protocols import evaluate_config
+
+    cfg = evaluate_config(params)
+    tables = {key.removesuffix("_test"): table for key, table in predictions.items()}
+    doc = paired.paired_comparisons(
+        samples_test,
+        vocab,
+        student_seed_predictions,
+        tables,
+        cfg.paired,
+        samples_train=samples_train,
+        rare_code_max_count=cfg.rare_code_max_count,
+    )
+    for row in doc["rows"]:
+        if row["group"] == "overall":
+            logger.info(
+                "paired %s (overall, %s): %+.4f [%+.4f, %+.4f]%s",
+                row["comparison"],
+                row["n_seeds"],
+                row["mean"],
+                row["ci_low"],
+                row["ci_high"],
+                " excludes 0" if row["excludes_zero"] else "",
+            )
+    tracking.log_metrics(paired.flat_metrics(doc), prefix="paired.")
+    return doc
+
+
 def logreg_learning_curve(
     samples_train: pd.DataFrame,
     samples_val: pd.DataFrame,
@@ -170,8 +213,10 @@ def make_report(
     learning_curve: dict,
     params: dict,
     node_timings: dict | None = None,
+    paired: dict | None = None,
 ):
-    """Markdown report + three figures (PRAUC by group, accuracy vs DDI, efficiency)."""
+    """Markdown report (headed by the paired comparisons) + three figures (PRAUC by group,
+    accuracy vs DDI, efficiency)."""
     from leader_kedro.evaluation import report
     from leader_kedro.evaluation.protocols import evaluate_config
 
@@ -200,6 +245,7 @@ def make_report(
         targets=p.targets,
         learning_curve=curve,
         node_timings=node_timings,
+        paired=paired,
     )
     fig_groups = report.plot_metric_by_group(metrics, protocol, "prauc", labels)
     fig_tradeoff = report.plot_ddi_tradeoff(metrics, labels)

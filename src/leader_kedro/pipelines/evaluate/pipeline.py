@@ -1,5 +1,6 @@
-"""Evaluate pipeline: baselines -> metrics (labelled protocols, groups, DDI trade-off) ->
-efficiency -> markdown report and plots (data/08_reporting, logged to MLflow)."""
+"""Evaluate pipeline: baselines -> metrics (labelled protocols, groups, DDI trade-off) and the
+paired patient-level bootstrap over seeds -> efficiency -> markdown report and plots
+(data/08_reporting, logged to MLflow)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,20 @@ def create_pipeline(
             tags=["evaluate", "metrics"],
         ),
         Node(
+            nodes.paired_comparisons,
+            inputs={
+                "samples_train": "samples_train",
+                "samples_test": "samples_test",
+                "vocab": "vocab",
+                "student_seed_predictions": "student_seed_predictions",
+                "params": "params:evaluate",
+                **{f"{m}_test": f"{m}_predictions_test" for m in models},
+            },
+            outputs="paired",
+            name="paired_comparisons",
+            tags=["evaluate", "metrics"],
+        ),
+        Node(
             nodes.make_report,
             inputs=[
                 "metrics",
@@ -76,6 +91,7 @@ def create_pipeline(
                 "learning_curve",
                 "params:evaluate",
                 "node_timings",  # written by hooks.NodeTimingHook during the run
+                "paired",
             ],
             outputs=["report", "plot_prauc_by_group", "plot_ddi_tradeoff", "plot_efficiency"],
             name="make_report",
