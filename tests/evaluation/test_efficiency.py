@@ -109,5 +109,13 @@ def test_student_predictors_cover_the_module_and_the_served_model(bundles):
     assert probs.shape == (3, len(student.vocab["medication"]))
     ranked = paths["pyfunc"]([0, 1, 2], 2)
     assert len(ranked) == 2  # two requests: a batch of 2 and a batch of 1
-    assert list(ranked[0].columns) == ["row", "rank", "atc3", "name", "probability"]
-    assert sorted(ranked[0]["row"].unique()) == [0, 1]
+    # the registered model's answers (LeaderStudentService): one per record, in request order
+    assert [a.row for a in ranked[0]] == [0, 1] and [a.row for a in ranked[1]] == [0]
+    meds = set(student.vocab["medication"])
+    for answer in ranked[0]:
+        ranks = [r.rank for r in answer.recommendations]
+        assert ranks == list(range(1, len(ranks) + 1)) and ranks
+        assert all(r.atc3 in meds for r in answer.recommendations)
+    # the same patients through the module: the service ranks the module's probabilities
+    top = probs[0].argmax()
+    assert ranked[0][0].recommendations[0].atc3 == student.vocab["medication"][top]

@@ -217,22 +217,41 @@ class RowSubsets:
         return rows
 
 
+def service_records(samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """Contract samples as the registered model's request records (``PatientRecord`` fields, a
+    missing profile value as ``None``), in the samples' order."""
+    from leader_kedro.student.service import RECORD_FIELDS
+    from leader_kedro.student.serving import serving_records
+
+    frame = serving_records(samples)
+    fields = [f for f in RECORD_FIELDS if f in frame.columns]
+    return [
+        {
+            f: (None if isinstance(v, float) and v != v else v)
+            for f, v in zip(fields, row, strict=True)
+        }
+        for row in frame[fields].itertuples(index=False, name=None)
+    ]
+
+
 def student_predictors(bundle, samples: pd.DataFrame) -> dict[str, Callable[[list[int], int], Any]]:
     """The student's two serving paths as ``predict(indices, batch_size)`` callables:
 
     - ``module``: sample rows -> probabilities (``StudentBundle.predict_proba``, encoding included);
-    - ``pyfunc``: patient records -> ranked ATC-3 codes (the registered model's own ``predict``),
-      one request per ``batch_size`` rows.
+    - ``pyfunc``: patient records -> recommendations, the registered model's own ``predict``
+      (:class:`~leader_kedro.student.service.LeaderStudentService`, without MLflow's input
+      check), one request per ``batch_size`` records.
     """
-    from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
+    from leader_kedro.student.service import LeaderStudentService
 
-    rows, requests = RowSubsets(samples), RowSubsets(serving_records(samples))
-    pyfunc = LeaderStudentPyfunc()
-    pyfunc.bundle = bundle
+    rows, records = RowSubsets(samples), service_records(samples)
+    service = LeaderStudentService()
+    service.bundle = bundle
     return {
         "module": lambda idx, bs: bundle.predict_proba(rows(idx), batch_size=bs),
         "pyfunc": lambda idx, bs: [
-            pyfunc.predict(None, requests(idx[s : s + bs])) for s in range(0, len(idx), bs)
+            service.predict(None, [records[i] for i in idx[s : s + bs]])
+            for s in range(0, len(idx), bs)
         ],
     }
 

@@ -11,9 +11,12 @@ Before and after, side by side in one process on the same data and the same weig
   batches 1, 32 and 256 (test samples cycled to fill a batch of 256) of
 
   - ``module``: sample rows -> probabilities (``StudentBundle.predict_proba``),
-  - ``pyfunc``: patient records -> ranked ATC-3 classes (the registered model's own ``predict``),
-  - ``mlflow``: ``mlflow.pyfunc`` model saved and loaded back: its ``predict`` checks the input
-    against the signature first, as ``models:/leader-student`` does.
+  - ``pyfunc``: patient records -> ranked ATC-3 classes, the registered model's own ``predict``
+    (after: ``LeaderStudentService``, the typed model ``register_student`` registers; before: the
+    column-based pyfunc that was registered then),
+  - ``mlflow``: that model saved and loaded back with ``mlflow.pyfunc``: its ``predict`` checks
+    the input first (after: pydantic records; before: the column signature), as
+    ``models:/leader-student`` does.
 
 Data: ``samples_{train,val,test}``, ``vocab``, ``code_names`` and (when present)
 ``teacher_features_train`` from the project's catalog; without the features the KD student trains
@@ -73,7 +76,13 @@ def _features(data: dict, width: int) -> tuple[dict, str]:
     gen = torch.Generator().manual_seed(0)
     ids = [str(s) for s in data["samples_train"]["sample_id"]]
     hidden = torch.randn(len(ids), width, generator=gen).to(torch.float16)
-    return {"sample_ids": ids, "hidden": hidden}, f"random features of width {width}"
+    from leader_kedro.teacher.features import standardisation_stats
+
+    # with their train statistics, as the features stage writes them (distill.kd.standardise)
+    metadata = {"standardisation": standardisation_stats(hidden)}
+    return {"sample_ids": ids, "hidden": hidden, "metadata": metadata}, (
+        f"random features of width {width}"
+    )
 
 
 # ------------------------------------------------------------------------------------ training
@@ -84,6 +93,10 @@ def training_after(cfg, data: dict, features: dict, epochs: int, workers: int) -
 
     tr = replace(cfg.training, max_epochs=epochs, patience=epochs + 1, progress=False)
     cfg = replace(cfg, training=tr)
+    if not (features.get("metadata") or {}).get("standardisation"):
+        # random features, or a cache made before the statistics were stored: the raw rows (the
+        # standardisation is one subtraction and division, made once per run: no speed effect)
+        cfg = replace(cfg, kd=replace(cfg.kd, standardise=False))
     prepared = prepare(
         cfg, data["samples_train"], data["samples_val"], data["vocab"], features, None
     )
@@ -135,7 +148,8 @@ def training_before(model_cfg: dict, data: dict, features: dict, epochs: int) ->
 
 # ----------------------------------------------------------------------------------- inference
 def signature_of(bundle, example: pd.DataFrame):
-    """The served model's signature (profile fields and top_k optional), as registration logs it."""
+    """The old column-based pyfunc's signature (profile fields and top_k optional), as it was
+    registered before the typed ``LeaderStudentService``: the "before" MLflow row."""
     from mlflow.models import infer_signature
 
     from leader_kedro.student.serving import LeaderStudentPyfunc, _optional_profile
@@ -146,7 +160,8 @@ def signature_of(bundle, example: pd.DataFrame):
 
 
 def _saved_pyfunc(python_model, bundle, signature, where: Path):
-    """``mlflow.pyfunc.save_model`` + ``load_model``: the served model with its input check."""
+    """``mlflow.pyfunc.save_model`` + ``load_model`` of the old column-based pyfunc, with the
+    signature it was registered with: the served model of before, with its input check."""
     import mlflow
 
     from leader_kedro.student.model import save_bundle
@@ -163,33 +178,70 @@ def _saved_pyfunc(python_model, bundle, signature, where: Path):
     return mlflow.pyfunc.load_model(str(path))
 
 
+def _saved_service(bundle, where: Path):
+    """The registered model as ``register_student`` logs it (``LeaderStudentService``: typed
+    records in, MLflow's pydantic input check), saved and loaded through ``mlflow.pyfunc``."""
+    import mlflow
+
+    from leader_kedro.student.model import save_bundle
+    from leader_kedro.student.registry import example_patients
+    from leader_kedro.student.service import DDI_FILE, LeaderStudentService
+
+    artifacts = where / "artifacts"
+    save_bundle(bundle, artifacts / "student_model")
+    (artifacts / DDI_FILE).write_text(json.dumps({"pairs": []}))
+    path = where / "model"
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=LeaderStudentService(top_k=10),
+        artifacts={
+            "student_model": str(artifacts / "student_model"),
+            "ddi_pairs": str(artifacts / DDI_FILE),
+        },
+        input_example=example_patients(bundle.vocab),
+    )
+    return mlflow.pyfunc.load_model(str(path))
+
+
 def predictors(
     bundle, samples: pd.DataFrame, implementation: str, workdir: Path, signature=None
 ) -> dict[str, Any]:
-    """``predict(indices, batch_size)`` of the module, pyfunc and (with a ``signature``) MLflow
-    paths of one implementation (``after``: the current code, ``before``: student/legacy.py)."""
-    from leader_kedro.evaluation.efficiency import RowSubsets, student_predictors
+    """``predict(indices, batch_size)`` of the module, the registered model's own ``predict``
+    (``pyfunc``) and, with ``workdir``, the same model through ``mlflow.pyfunc.load_model`` with
+    MLflow's input check (``mlflow``) of one implementation. ``after``: the current code, whose
+    registered model is ``LeaderStudentService``; ``before``: student/legacy.py and the
+    column-based pyfunc that was registered then (it needs ``signature`` for its MLflow row)."""
+    from leader_kedro.evaluation.efficiency import (
+        RowSubsets,
+        service_records,
+        student_predictors,
+    )
     from leader_kedro.student import legacy
-    from leader_kedro.student.serving import LeaderStudentPyfunc, serving_records
+    from leader_kedro.student.serving import serving_records
 
-    rows, requests = RowSubsets(samples), RowSubsets(serving_records(samples))
     if implementation == "after":
         paths = student_predictors(bundle, samples)
-        python_model: Any = LeaderStudentPyfunc(top_k=10)
-    else:
-        module, vocab, names, config = bundle.module, bundle.vocab, bundle.code_names, bundle.config
-        paths = {
-            "module": lambda idx, bs: legacy.predict_proba(
-                module, vocab, config, rows(idx), batch_size=bs
-            ),
-            "pyfunc": lambda idx, bs: [
-                legacy.pyfunc_predict(module, vocab, names, config, requests(idx[s : s + bs]))
+        if workdir is not None and signature is not None:
+            served = _saved_service(bundle, workdir)
+            records = service_records(samples)
+            paths["mlflow"] = lambda idx, bs: [
+                served.predict([records[i] for i in idx[s : s + bs]])
                 for s in range(0, len(idx), bs)
-            ],
-        }
-        python_model = legacy.LegacyPyfunc(top_k=10)
+            ]
+        return paths
+    rows, requests = RowSubsets(samples), RowSubsets(serving_records(samples))
+    module, vocab, names, config = bundle.module, bundle.vocab, bundle.code_names, bundle.config
+    paths = {
+        "module": lambda idx, bs: legacy.predict_proba(
+            module, vocab, config, rows(idx), batch_size=bs
+        ),
+        "pyfunc": lambda idx, bs: [
+            legacy.pyfunc_predict(module, vocab, names, config, requests(idx[s : s + bs]))
+            for s in range(0, len(idx), bs)
+        ],
+    }
     if signature is not None:
-        served = _saved_pyfunc(python_model, bundle, signature, workdir)
+        served = _saved_pyfunc(legacy.LegacyPyfunc(top_k=10), bundle, signature, workdir)
         paths["mlflow"] = lambda idx, bs: [
             served.predict(requests(idx[s : s + bs])) for s in range(0, len(idx), bs)
         ]
