@@ -142,9 +142,10 @@ def _section_title(doc: Mapping[str, Any]) -> list[str]:
         "",
         f"Test split: {overall.get('samples', 'n/a')} samples "
         f"({overall.get('patients', 'n/a')} patients), {doc.get('n_medications')} "
-        f"medications (ATC-3), seed {doc.get('seed')}. All models are evaluated on the same test "
-        "samples with the same resampling indices (paired rounds). Intervals are "
-        f"{int(100 * doc.get('ci', 0.95))}% percentile intervals over the rounds.",
+        f"medications (ATC-3), seed {doc.get('seed')}. In the protocol tables (after the paired "
+        "comparisons) all models are evaluated on the same test samples with the same resampling "
+        f"indices; their intervals are {int(100 * doc.get('ci', 0.95))}% percentile intervals "
+        "over the rounds.",
         "",
     ]
 
