@@ -84,8 +84,14 @@ FEATURES_COMMAND = "kedro run --pipeline=features"
 
 # ------------------------------------------------------------------------------------- models
 
-#: Student variant -> its model name (the main student and the ablations with one part off).
-STUDENT_VARIANTS = {"main": "student", "no_kd": "student_no_kd", "no_align": "student_no_align"}
+#: Student variant -> its model name (the main student, the ablations with one part off, and the
+#: control distilled from teacher features shuffled across the train samples).
+STUDENT_VARIANTS = {
+    "main": "student",
+    "no_kd": "student_no_kd",
+    "no_align": "student_no_align",
+    "shuffled_kd": "student_shuffled_kd",
+}
 #: The synthetic generator's true label probabilities: the ceiling of the evaluation. Ingest
 #: writes ``oracle_predictions_{val,test}`` for every source, with no rows for real MIMIC (only the
 #: generator knows them), and the evaluation leaves an oracle without rows out.
@@ -96,6 +102,7 @@ MODEL_LABELS = {
     "student": "Student LEADER(S)",
     "student_no_kd": "Student w/o distillation",
     "student_no_align": "Student w/o alignment",
+    "student_shuffled_kd": "Student, teacher features shuffled across samples (control)",
     "baseline_mostfreq": "Most-frequent drugs",
     "baseline_logreg": "Multi-hot logistic regression",
     ORACLE: "Oracle: the generator's true probabilities (synthetic only)",

@@ -78,7 +78,8 @@ def run_outputs(tmp_path_factory):
             }
         ),
     }
-    for k, m in enumerate(("teacher", "student", "student_no_kd", "student_no_align", "oracle")):
+    students = ("student", "student_no_kd", "student_no_align", "student_shuffled_kd")
+    for k, m in enumerate(("teacher", *students, "oracle")):
         for split in ("val", "test"):
             data[f"{m}_predictions_{split}"] = _pred(
                 c[f"samples_{split}"], vocab, 10 * k + len(split), 0.3 + 0.2 * k

@@ -50,13 +50,17 @@ def cohort():
 
 
 def fake_features(samples: pd.DataFrame, hidden: int = 12, seed: int = 0) -> dict:
-    """Random float16 teacher features: an input to the student, not a mock of the teacher."""
+    """Random float16 teacher features with their standardisation statistics: an input to the
+    student, not a mock of the teacher."""
+    from leader_kedro.teacher.features import standardisation_stats
+
     gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(len(samples), hidden, generator=gen).to(torch.float16)
     return {
         "sample_ids": [str(s) for s in samples["sample_id"]],
-        "hidden": torch.randn(len(samples), hidden, generator=gen).to(torch.float16),
+        "hidden": values,
         "fingerprint": "test",
-        "metadata": {},
+        "metadata": {"standardisation": standardisation_stats(values)},
     }
 
 

@@ -22,6 +22,54 @@ SUMMARY_KEYS = (
 )
 
 
+def tune_loss_weights(
+    samples_train: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    vocab: dict,
+    code_names: dict,
+    teacher_features,
+    teacher_card: dict,
+    prompts_train: pd.DataFrame,
+    params: dict,
+) -> dict[str, Any]:
+    """``kd_tuning``: alpha / beta of the main student chosen on val PRAUC over the
+    ``distill.tuning`` grid (train and val only), or the configured pair when tuning is off."""
+    from leader_kedro import tracking
+    from leader_kedro.student.training import distill_config, prepare, untuned
+    from leader_kedro.student.training import tune_loss_weights as tune
+
+    cfg = distill_config(params)
+    if not cfg.tuning.enabled:
+        logger.info(
+            "distill.tuning.enabled is false: alpha %g, beta %g as configured",
+            cfg.kd.alpha,
+            cfg.align.beta,
+        )
+        return untuned(cfg)
+    if cfg.kd.enabled and cfg.check_features:
+        from leader_kedro.teacher.features import check_fresh
+
+        check_fresh(teacher_features, teacher_card, prompts_train)
+    prepared = prepare(
+        cfg,
+        samples_train,
+        samples_val,
+        vocab,
+        teacher_features if cfg.kd.enabled else None,
+        code_names,
+    )
+    result = tune(cfg, prepared)
+    tracking.log_metrics(
+        {
+            "alpha": result["chosen"]["alpha"],
+            "beta": result["chosen"]["beta"],
+            "val_prauc": result["chosen_val_prauc"],
+        },
+        prefix="distill.tuning.chosen.",
+    )
+    return result
+
+
 def train_students(
     samples_train: pd.DataFrame,
     samples_val: pd.DataFrame,
@@ -31,24 +79,34 @@ def train_students(
     teacher_features,
     teacher_card: dict,
     prompts_train: pd.DataFrame,
+    kd_tuning: dict,
     params: dict,
 ) -> dict[str, Any]:
-    """Every student variant (main; no-KD and no-alignment ablations when ``distill.ablations``)
-    times ``distill.training.n_seeds`` seeds, trained side by side in ``training.workers``
-    processes. The first seed's main student is ``student_model``; the first seed's ablations give
-    their prediction tables; every seed's val/test predictions go to ``student_seed_predictions``."""
+    """Every student variant (main; the no-KD, no-alignment and shuffled-features students when
+    ``distill.ablations``) times ``distill.training.n_seeds`` seeds, trained side by side in
+    ``training.workers`` processes, with the alpha / beta of ``kd_tuning["chosen"]``. The first
+    seed's main student is ``student_model``; the first seed's other variants give their
+    prediction tables; every seed's val/test predictions go to ``student_seed_predictions``."""
     from leader_kedro import tracking
     from leader_kedro.contracts import STUDENT_VARIANTS, predictions_frame, seed_predictions_frame
     from leader_kedro.student.training import (
         distill_config,
         prepare,
         variant_config,
+        with_loss_weights,
     )
     from leader_kedro.student.training import (
         train_students as train_all,
     )
 
     cfg = distill_config(params)
+    chosen = dict((kd_tuning or {}).get("chosen") or {})
+    cfg = with_loss_weights(cfg, chosen.get("alpha"), chosen.get("beta"))
+    weights_from = (
+        "kd_tuning (val PRAUC)"
+        if (kd_tuning or {}).get("enabled")
+        else "distill.kd.alpha / distill.align.beta"
+    )
     variants = cfg.variants
     needs_teacher = any(variant_config(cfg, v).kd.enabled for v in variants)
     if needs_teacher and cfg.check_features:
@@ -86,6 +144,7 @@ def train_students(
             continue
         main = next(t for t in runs if t.seed == first)
         history = dict(main.info)
+        history["loss_weights_from"] = weights_from
         history["seeds"] = [
             {"seed": t.seed, **{k: t.info.get(k) for k in SUMMARY_KEYS if k in t.info}}
             for t in runs
@@ -93,18 +152,42 @@ def train_students(
         out[f"student_history_{variant}"] = history
         if variant == "main":
             out["student_model"] = main.bundle
+            _log_kd_share(main.info)
         else:
             out[f"{model}_predictions_val"] = predictions_frame(val_ids, main.val_probs, meds)
-            out[f"{model}_predictions_test"] = predictions_frame(test_ids, main.test_probs, meds)
+            out[f"{model}_predictions_test"] = predictions_frame(test_ids, _test(main), meds)
         for t in runs:
             suffix = "" if t.seed == first else f"seed{t.seed}."
             tracking.log_metric_history(t.info["history"], prefix=f"student.{variant}.{suffix}")
             tables.append(seed_predictions_frame(model, t.seed, "val", val_ids, t.val_probs, meds))
-            tables.append(
-                seed_predictions_frame(model, t.seed, "test", test_ids, t.test_probs, meds)
-            )
+            tables.append(seed_predictions_frame(model, t.seed, "test", test_ids, _test(t), meds))
     out["student_seed_predictions"] = pd.concat(tables, ignore_index=True)
     return out
+
+
+def _test(student) -> np.ndarray:
+    """A student's test probabilities (the node always prepares the test split)."""
+    if student.test_probs is None:
+        raise RuntimeError(
+            f"student[{student.variant}, seed {student.seed}] has no test predictions"
+        )
+    return student.test_probs
+
+
+def _log_kd_share(info: dict) -> None:
+    rows = info.get("history") or []
+    if not rows or rows[0].get("share_kd") is None:
+        return
+    logger.info(
+        "student[main, seed %d]: KD share of the loss %.3f at epoch 1, %.3f at epoch %d "
+        "(alpha %g, kd_standardised %s)",
+        info["seed"],
+        rows[0]["share_kd"],
+        rows[-1]["share_kd"],
+        rows[-1]["epoch"],
+        info["loss_weights"]["alpha"],
+        info.get("kd_standardised"),
+    )
 
 
 def predict_student(

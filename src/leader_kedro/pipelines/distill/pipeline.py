@@ -1,5 +1,5 @@
-"""Distill pipeline: train LEADER(S) (+ no-KD / no-align ablations) over seeds, predict, evaluate,
-register."""
+"""Distill pipeline: choose alpha / beta on val (off by default), train LEADER(S) (+ no-KD / no-align
+ablations and the shuffled-features control) over seeds, predict, evaluate, register."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -15,9 +15,21 @@ TRAIN_INPUTS = [
     "teacher_features_train",
     "teacher_card",
     "prompts_train",
+    "kd_tuning",
     "params:distill",
 ]
-# the same student with one part (distillation, alignment) switched off
+TUNE_INPUTS = [
+    "samples_train",
+    "samples_val",
+    "vocab",
+    "code_names",
+    "teacher_features_train",
+    "teacher_card",
+    "prompts_train",
+    "params:distill",
+]
+# the same student with one part (distillation, alignment) switched off, or distilled from the
+# teacher features shuffled across the train samples (the control)
 ABLATIONS = tuple(v for v in STUDENT_VARIANTS if v != "main")
 TRAIN_OUTPUTS = {
     "student_model": "student_model",
@@ -38,6 +50,15 @@ TRAIN_OUTPUTS = {
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
+            # alpha x beta grid of the main student scored on val PRAUC (distill.tuning; off by
+            # default: the configured pair, nothing trained). Never reads the test split.
+            Node(
+                nodes.tune_loss_weights,
+                TUNE_INPUTS,
+                "kd_tuning",
+                name="tune_loss_weights",
+                tags=["distill", "training", "tuning"],
+            ),
             # one node for every (variant, seed) student: they train side by side in
             # distill.training.workers processes, which the sequential runner could not do
             Node(
