@@ -65,7 +65,7 @@ class IngestConfig:
     required_code_types: tuple[str, ...] = CODE_TYPES
     min_visits: int = 1
     patient_fraction: float = 1.0
-    icd_title: str = "short"  # short | long (MIMIC-IV has only long titles)
+    icd_title: str = "long"  # long | short (LEADER MIMIC-III; MIMIC-IV has only long titles)
     age_cap: float = 90.0
     age_bins: tuple[float, ...] = (18, 30, 40, 50, 60, 70, 80, 90)
     smiles_filter: bool = False

@@ -59,7 +59,7 @@ class LoraConfig:
     # None: per architecture (BERT: query,key,value,dense; LLaMA/Qwen: 7 projections)
     target_modules: tuple[str, ...] | None = None
     # LoRA only in these transformer blocks (0-based); None = all blocks (paper)
-    layers_to_transform: tuple[int, ...] | None = (3, 4, 5)
+    layers_to_transform: tuple[int, ...] | None = (5,)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class TeacherConfig:
     max_length: int = 512
     torch_dtype: str = "float32"
     lora: LoraConfig = LoraConfig()
-    num_epochs: int = 2
+    num_epochs: int = 3
     max_steps: int = -1
     per_device_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -95,7 +95,7 @@ class TeacherConfig:
     warmup_steps: int | float = 0
     lr_scheduler_type: str = "linear"
     max_grad_norm: float = 1.0
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = 1
     early_stopping_threshold: float = 0.0  # a smaller val PRAUC gain counts as none
     group_by_length: bool = True
     gradient_checkpointing: bool = False
