@@ -242,9 +242,11 @@ def student_predictors(bundle, samples: pd.DataFrame) -> dict[str, Callable[[lis
       (:class:`~leader_kedro.student.service.LeaderStudentService`, without MLflow's input
       check), one request per ``batch_size`` records.
     """
-    from leader_kedro.student.service import LeaderStudentService
+    from leader_kedro.student.service import LeaderStudentService, PatientRecord
 
-    rows, records = RowSubsets(samples), service_records(samples)
+    # what MLflow hands the model after its input check: validated PatientRecord objects
+    rows = RowSubsets(samples)
+    records = [PatientRecord(**r) for r in service_records(samples)]
     service = LeaderStudentService()
     service.bundle = bundle
     return {
