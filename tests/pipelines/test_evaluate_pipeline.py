@@ -145,6 +145,7 @@ def test_pipeline_produces_report_and_metrics(run_outputs):
         "student",
         "student_no_kd",
         "student_no_align",
+        "student_shuffled_kd",
         "baseline_mostfreq",
         "baseline_logreg",
         "oracle",
