@@ -30,4 +30,5 @@ def test_the_notebook_runs_top_to_bottom(tracked_flow):
     assert "leader-student v" in text and "val PRAUC" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "the plot"
     last = nb.cells[-1]["outputs"][-1]["data"]["text/html"]
-    assert "PRAUC" in last and "Student LEADER(S)" in last  # the report's headline table
+    # the report's main table: the paired comparisons, one row per A - B, groups as columns
+    assert "student_no_kd" in last and "overall" in last and "[" in last

@@ -92,8 +92,11 @@ def test_code_names_and_ddi_adjacency(dirs):
     out = run(dirs)
     names = out["code_names"]
     assert names["medication"]["N02B"] == "other analgesics and antipyretics"
-    assert names["diagnosis"]["4019"] == "Hypertension NOS"  # short titles by default
-    assert names["procedure"]["3893"] == "Venous cath NEC"
+    assert names["diagnosis"]["4019"] == "Unspecified essential hypertension"  # long by default
+    assert names["procedure"]["3893"] == "Venous catheterization"
+    short = run(dirs, icd_title="short")["code_names"]
+    assert short["diagnosis"]["4019"] == "Hypertension NOS"  # LEADER's MIMIC-III setting
+    assert short["procedure"]["3893"] == "Venous cath NEC"
     ddi = out["ddi_adjacency"]
     assert list(ddi.index) == list(ddi.columns) == out["vocab"]["medication"]
     a = ddi.to_numpy()
