@@ -67,12 +67,18 @@ def test_measure_rejects_misaligned_prompts(bundles):
 
 
 def test_peak_rss_sees_an_allocation():
+    import mmap
+
     import numpy as np
 
+    size = 40 * 2**20
     with efficiency.PeakRss() as rss:
-        block = np.ones(40 * 2**20 // 8)  # 40 MiB
-        block.sum()
+        # fresh pages from the kernel: a malloc'd block could reuse memory an earlier test freed
+        # and the allocator kept resident, and then RSS would not grow
+        block = mmap.mmap(-1, size)
+        np.frombuffer(block, dtype=np.uint8)[:] = 1  # touch every page
     assert rss.growth > 10 * 2**20
+    block.close()
 
 
 def test_measure_one_cycles_the_samples_and_repeats_until_min_seconds():
