@@ -313,30 +313,23 @@ def paired_comparisons(
         return draws[s.seed_key]
 
     for g_index, group in enumerate(cfg.groups):
-        if group not in masks:
-            for a, b in pairs:
-                doc["skipped"].append(
-                    {
-                        "comparison": comparison_name(a, b),
-                        "model_a": a,
-                        "model_b": b,
-                        "group": group,
-                        "reason": f"group {group!r} needs samples_train (rare-code counts)",
-                    }
-                )
-            continue
-        mask = masks[group] & labelled
-        if not mask.any():
-            for a, b in pairs:
-                doc["skipped"].append(
-                    {
-                        "comparison": comparison_name(a, b),
-                        "model_a": a,
-                        "model_b": b,
-                        "group": group,
-                        "reason": f"no labelled test sample in group {group!r}",
-                    }
-                )
+        mask = masks[group] & labelled if group in masks else None
+        if mask is None or not mask.any():
+            reason = (
+                f"group {group!r} needs samples_train (rare-code counts)"
+                if mask is None
+                else f"no labelled test sample in group {group!r}"
+            )
+            doc["skipped"].extend(
+                {
+                    "comparison": comparison_name(a, b),
+                    "model_a": a,
+                    "model_b": b,
+                    "group": group,
+                    "reason": reason,
+                }
+                for a, b in pairs
+            )
             continue
         patient, uniques = pd.factorize(subjects[mask])
         n_patients = len(uniques)
