@@ -22,6 +22,38 @@ SUMMARY_KEYS = (
 )
 
 
+def _checked_prepare(
+    cfg,
+    needs_teacher: bool,
+    samples_train: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    vocab: dict,
+    code_names: dict,
+    teacher_features,
+    teacher_card: dict,
+    prompts_train: pd.DataFrame,
+    samples_test: pd.DataFrame | None = None,
+):
+    """The splits encoded once (:func:`student.training.prepare`), after refusing stale teacher
+    features when a student distils from them and ``distill.check_features`` is on."""
+    from leader_kedro.student.training import prepare
+
+    if needs_teacher and cfg.check_features:
+        from leader_kedro.teacher.features import check_fresh
+
+        check_fresh(teacher_features, teacher_card, prompts_train)
+    return prepare(
+        cfg,
+        samples_train,
+        samples_val,
+        vocab,
+        teacher_features if needs_teacher else None,
+        code_names,
+        samples_test,
+        need_teacher=needs_teacher,
+    )
+
+
 def tune_loss_weights(
     samples_train: pd.DataFrame,
     samples_val: pd.DataFrame,
@@ -35,7 +67,7 @@ def tune_loss_weights(
     """``kd_tuning``: alpha / beta of the main student chosen on val PRAUC over the
     ``distill.tuning`` grid (train and val only), or the configured pair when tuning is off."""
     from leader_kedro import tracking
-    from leader_kedro.student.training import distill_config, prepare, untuned
+    from leader_kedro.student.training import distill_config, untuned
     from leader_kedro.student.training import tune_loss_weights as tune
 
     cfg = distill_config(params)
@@ -46,17 +78,16 @@ def tune_loss_weights(
             cfg.align.beta,
         )
         return untuned(cfg)
-    if cfg.kd.enabled and cfg.check_features:
-        from leader_kedro.teacher.features import check_fresh
-
-        check_fresh(teacher_features, teacher_card, prompts_train)
-    prepared = prepare(
+    prepared = _checked_prepare(
         cfg,
+        cfg.kd.enabled,
         samples_train,
         samples_val,
         vocab,
-        teacher_features if cfg.kd.enabled else None,
         code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
     )
     result = tune(cfg, prepared)
     tracking.log_metrics(
@@ -91,7 +122,6 @@ def train_students(
     from leader_kedro.contracts import STUDENT_VARIANTS, predictions_frame, seed_predictions_frame
     from leader_kedro.student.training import (
         distill_config,
-        prepare,
         variant_config,
         with_loss_weights,
     )
@@ -109,19 +139,17 @@ def train_students(
     )
     variants = cfg.variants
     needs_teacher = any(variant_config(cfg, v).kd.enabled for v in variants)
-    if needs_teacher and cfg.check_features:
-        from leader_kedro.teacher.features import check_fresh
-
-        check_fresh(teacher_features, teacher_card, prompts_train)
-    prepared = prepare(
+    prepared = _checked_prepare(
         cfg,
+        needs_teacher,
         samples_train,
         samples_val,
         vocab,
-        teacher_features if needs_teacher else None,
         code_names,
+        teacher_features,
+        teacher_card,
+        prompts_train,
         samples_test,
-        need_teacher=needs_teacher,
     )
     trained = train_all(cfg, prepared, variants)
     first = cfg.training.seeds[0]
