@@ -160,6 +160,32 @@ def test_training_step_equals_padded_reference_without_dropout(cohort, switches)
             torch.testing.assert_close(p.grad, g_old, atol=ATOL, rtol=0, msg=name)
 
 
+def test_inference_batch_without_distinct_code_tables_gives_the_same_model(cohort):
+    """An inference batch (``for_training=False``) lacks the per-batch distinct-code tables: the
+    forward pass without autograd reads per-code tables instead, and one with autograd projects
+    the whole vocabulary. Both give the training batch's outputs, loss and gradients."""
+    vocab, samples = cohort
+    _, _, new = pair(vocab, seed=5, hidden_dropout=0.0, attention_dropout=0.0)
+    hidden = torch.randn(len(samples), 24, generator=torch.Generator().manual_seed(1))
+    enc = encode_samples(samples, vocab)
+    idx = list(range(3, 40))
+    full, lean = collate(enc, idx, hidden), collate(enc, idx, hidden, for_training=False)
+    assert "dx_uniq" in full and not any(k.endswith("_uniq") for k in lean)
+    grads = []
+    for batch in (full, lean):
+        new.zero_grad(set_to_none=True)
+        new.train()
+        terms = student_loss(new, batch)
+        terms["total"].backward()
+        grads.append({n: p.grad.clone() for n, p in new.named_parameters() if p.grad is not None})
+        new.eval()
+        with torch.inference_mode():
+            grads[-1]["logits"] = new(batch)["logits"]
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=ATOL, rtol=0, msg=name)
+
+
 def test_default_size_probabilities_equal_padded_reference(cohort):
     """The deployed configuration (d=64, 4 heads, FFN 300) through the bundle's predict_proba."""
     vocab, samples = cohort

@@ -446,7 +446,7 @@ def _bucket_width(lengths: np.ndarray) -> np.ndarray:
     return widths
 
 
-def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None):
+def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None, distinct: bool):
     """:func:`set_layout` of ``n_sets`` one-code sets: one bucket of width 1, nothing padded."""
     index = torch.arange(n_sets)
     out = {
@@ -462,6 +462,8 @@ def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None):
     if tokens is not None:
         tokens = np.asarray(tokens, dtype=np.int64)
         out[f"{prefix}_padded"] = torch.from_numpy(tokens)
+        if not distinct:
+            return out
         uniq, inverse = np.unique(tokens, return_inverse=True)
         out[f"{prefix}_uniq"] = torch.from_numpy(uniq)
         out[f"{prefix}_padded_uniq"] = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
@@ -469,7 +471,7 @@ def _single_code_layout(n_sets: int, prefix: str, tokens: np.ndarray | None):
 
 
 def set_layout(
-    lengths: np.ndarray, prefix: str, tokens: np.ndarray | None = None
+    lengths: np.ndarray, prefix: str, tokens: np.ndarray | None = None, distinct: bool = True
 ) -> dict[str, torch.Tensor]:
     """How the packed codes of sets with ``lengths`` (>= 1) map onto padded attention buckets.
 
@@ -478,13 +480,15 @@ def set_layout(
     ``{prefix}_groups`` [G, 3]: (first row, sets, width) of each bucket;
     ``{prefix}_seg`` [T]: set of each code; ``{prefix}_inv`` [S, 1]: 1 / set length; with
     ``tokens`` [T], ``{prefix}_padded`` [R]: the token of each padded row (pad rows: token 0,
-    any finite values do: they are masked keys and discarded queries).
+    any finite values do: they are masked keys and discarded queries), and with ``distinct``
+    ``{prefix}_uniq`` / ``{prefix}_padded_uniq``: the batch's distinct codes and each padded row's
+    position among them (what a forward pass with autograd uses; inference reads per-code tables).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     n_sets = len(lengths)
     total = int(lengths.sum())
     if total == n_sets:  # no set or only one-code sets (first visits, single procedures)
-        return _single_code_layout(n_sets, prefix, tokens)
+        return _single_code_layout(n_sets, prefix, tokens, distinct)
     width = _bucket_width(lengths)
     order = np.argsort(width, kind="stable")
     w_sorted = width[order]
@@ -517,6 +521,8 @@ def set_layout(
         padded = np.zeros(n_rows, dtype=np.int64)
         padded[pos] = tokens
         out[f"{prefix}_padded"] = torch.from_numpy(padded)
+        if not distinct:
+            return out
         # the distinct codes of the batch, and each padded row's position among them (training
         # projects each distinct code once, then gathers)
         uniq, inverse = np.unique(tokens, return_inverse=True)
@@ -532,6 +538,7 @@ def collate(
     index,
     teacher_hidden: torch.Tensor | None = None,
     target_sets: bool = True,
+    for_training: bool = True,
 ) -> dict[str, torch.Tensor]:
     """One batch (a dict of tensors) of the samples ``index`` of ``enc``, in that order.
 
@@ -541,7 +548,9 @@ def collate(
     ``vis_position`` [NV] is each visit's distance to the current one and ``first_visit`` [B] the
     row of each sample's slot 0 (its profile prompt). ``profile`` [B, F+1], ``targets`` [B, M],
     ``teacher_hidden`` [B, H] float32 when given. With ``target_sets`` the target medication sets
-    (alignment) are appended to the rx sets and ``tg_dest`` [S_t] names their sample.
+    (alignment) are appended to the rx sets and ``tg_dest`` [S_t] names their sample. Without
+    ``for_training`` the batch lacks the distinct-code tables only a pass with autograd reads (an
+    inference batch: cheaper to cut).
     """
     idx = np.asarray(index, dtype=np.int64).reshape(-1)
     b = len(idx)
@@ -577,7 +586,7 @@ def collate(
             tokens = ps.tokens[_ranges(ps.starts[sets], lengths)]
         prefix = PREFIX[kind]
         batch[f"{prefix}_tokens"] = torch.from_numpy(tokens)
-        batch.update(set_layout(lengths, prefix, tokens))
+        batch.update(set_layout(lengths, prefix, tokens, for_training))
     batch.update(set_layout(np.tile(n_vis, 3), "vis"))
     batch["vis_position"] = torch.from_numpy(
         np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
@@ -826,9 +835,13 @@ class LeaderStudent(nn.Module):
         if self.training or torch.is_grad_enabled():
             # the first layer norm and q/k/v projection depend on the code only: each distinct
             # code of the batch is projected once, then gathered into the padded rows
-            uniq = batch[f"{prefix}_uniq"]
-            qkv = F.linear(trm.ln1(self.embedding(uniq)), trm.qkv.weight)
-            padded = F.embedding(batch[f"{prefix}_padded_uniq"], qkv)
+            if f"{prefix}_uniq" in batch:
+                uniq = batch[f"{prefix}_uniq"]
+                qkv = F.linear(trm.ln1(self.embedding(uniq)), trm.qkv.weight)
+                padded = F.embedding(batch[f"{prefix}_padded_uniq"], qkv)
+            else:  # an inference batch (no distinct-code tables): project the whole vocabulary
+                qkv = F.linear(trm.ln1(self.embedding.weight), trm.qkv.weight)
+                padded = F.embedding(batch[f"{prefix}_padded"], qkv)
             return trm(self.embedding(tokens), layout, padded)
         # inference: a set transformer's input is a code embedding, so its first layer norm and
         # q/k/v projection are a per-code table, computed once per weights
@@ -987,7 +1000,7 @@ def predict_proba_encoded(
     def run(chunk: tuple[int, int]) -> None:
         torch.set_num_threads(1)  # this thread's own OpenMP setting (pool threads have theirs)
         with torch.inference_mode():
-            batch = collate(enc, np.arange(*chunk), target_sets=False)
+            batch = collate(enc, np.arange(*chunk), target_sets=False, for_training=False)
             out[chunk[0] : chunk[1]] = torch.sigmoid(model.logits(batch)).numpy()
 
     with torch_threads(1):
