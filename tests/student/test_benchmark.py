@@ -39,6 +39,26 @@ def test_training_figures_before_and_after(data):
     assert len(after["side_by_side"]["per_student_samples_per_s"]) == 2
     before = benchmark.training_before(model_config(cfg, data["vocab"], 12), data, features, 1)
     assert before["samples_per_s"] > 0
+    assert after["batch_size"] == PARAMS["training"]["batch_size"]
+
+
+def test_table_shows_the_like_for_like_batch_when_the_configured_one_differs():
+    """The old loop trained at batch 16; a different configured batch adds a batch-16 row."""
+    result = {
+        "before": {"training": {"samples_per_s": 100.0}},
+        "after": {
+            "training": {"samples_per_s": 300.0, "batch_size": 32},
+            "training_at_legacy_batch": {"samples_per_s": 200.0, "batch_size": 16},
+            "inference": {},
+        },
+    }
+    lines = benchmark._table(result).splitlines()
+    same = [x for x in lines if "batch 16 as before" in x]
+    configured = [x for x in lines if "1 thread, batch 32" in x]
+    assert len(same) == 1 and same[0].split()[-1] == "2.0x"
+    assert len(configured) == 1 and configured[0].split()[-1] == "3.0x"
+    del result["after"]["training_at_legacy_batch"]
+    assert "as before" not in benchmark._table(result)
 
 
 def test_inference_figures_for_both_implementations_and_the_table(data, tmp_path):

@@ -4,8 +4,10 @@ Before and after, side by side in one process on the same data and the same weig
 ``student/legacy.py`` (the student as it was before issue 10), "after" the current code.
 
 - training: samples/s of the training loop (batching, forward, backward, Adam; no validation) of
-  one student on one thread, and of ``--workers`` students trained side by side
-  (:func:`training.train_students`, whole pool wall time, validation and start-up included);
+  one student on one thread at the configured batch size, and of ``--workers`` students trained
+  side by side (:func:`training.train_students`, whole pool wall time, validation and start-up
+  included); when the configured batch is not the old loop's 16, one student at batch 16 too
+  (like for like with the before column);
 - inference, through the paths a user takes, with :func:`evaluation.efficiency.measure_one` (the
   code of the evaluate stage's efficiency table): latency p50/p95 at batch 1 and throughput at
   batches 1, 32 and 256 (test samples cycled to fill a batch of 256) of
@@ -40,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+#: The batch size of the training loop before issue 10 (``legacy.train_epochs``).
+LEGACY_BATCH = 16
 
 
 def _load_inputs(env: str | None) -> dict[str, Any]:
@@ -104,6 +109,7 @@ def training_after(cfg, data: dict, features: dict, epochs: int, workers: int) -
     _, info = fit(cfg, prepared, "main")
     out: dict[str, Any] = {
         "epochs": epochs,
+        "batch_size": tr.batch_size,
         "train_samples": n,
         "samples_per_s": info["train_samples_per_second"],
         "samples_per_s_with_validation": round(n * epochs / info["train_seconds"], 1),
@@ -294,9 +300,19 @@ def _table(result: dict[str, Any]) -> str:
 
     rows = []
     tb, ta = before.get("training", {}), after["training"]
+    same = after.get("training_at_legacy_batch")
+    if same:  # the configured batch differs from the old one: also the like-for-like figure
+        rows.append(
+            (
+                f"training samples/s (1 student, 1 thread, batch {LEGACY_BATCH} as before)",
+                fmt(tb.get("samples_per_s")),
+                fmt(same["samples_per_s"]),
+                ratio(tb.get("samples_per_s"), same["samples_per_s"]),
+            )
+        )
     rows.append(
         (
-            "training samples/s (1 student, 1 thread)",
+            f"training samples/s (1 student, 1 thread, batch {ta.get('batch_size', '?')})",
             fmt(tb.get("samples_per_s")),
             fmt(ta["samples_per_s"]),
             ratio(tb.get("samples_per_s"), ta["samples_per_s"]),
@@ -410,6 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"before, training: {result['before']['training']}", flush=True)
     result["after"] = {"training": training_after(cfg, data, features, args.epochs, args.workers)}
     print(f"after, training: {result['after']['training']}", flush=True)
+    if cfg.training.batch_size != LEGACY_BATCH:
+        legacy_batch = replace(cfg, training=replace(cfg.training, batch_size=LEGACY_BATCH))
+        result["after"]["training_at_legacy_batch"] = training_after(
+            legacy_batch, data, features, args.epochs, workers=1
+        )
+        print(f"after, batch {LEGACY_BATCH}: {result['after']['training_at_legacy_batch']}")
     # one set of weights for both implementations (their parameter names are the same)
     torch.manual_seed(0)
     reference = legacy.LeaderStudent(mcfg).eval()
