@@ -103,6 +103,21 @@ def run_outputs(tmp_path_factory):
         ],
         ignore_index=True,
     )
+    # teacher.n_seeds: 1 (the default): the teacher's seed table is its own prediction tables
+    data["teacher_seed_predictions"] = pd.concat(
+        [
+            C.seed_predictions_frame(
+                "teacher",
+                0,
+                split,
+                data[f"teacher_predictions_{split}"]["sample_id"].tolist(),
+                data[f"teacher_predictions_{split}"][vocab["medication"]].to_numpy(),
+                vocab["medication"],
+            )
+            for split in ("val", "test")
+        ],
+        ignore_index=True,
+    )
     pipeline = create_pipeline()
     catalog = DataCatalog(
         {name: MemoryDataset(value, copy_mode="assign") for name, value in data.items()}
@@ -176,7 +191,7 @@ def test_pipeline_writes_the_paired_comparisons(run_outputs):
 
     pipeline = create_pipeline()
     assert "paired" in pipeline.all_outputs()
-    assert "student_seed_predictions" in pipeline.inputs()
+    assert {"student_seed_predictions", "teacher_seed_predictions"} <= pipeline.inputs()
     assert "paired" in next(n for n in pipeline.nodes if n.name == "make_report").inputs
     out, c = run_outputs
     paired = out["paired"]
@@ -187,6 +202,8 @@ def test_pipeline_writes_the_paired_comparisons(run_outputs):
     assert row["n_samples"] == len(c["samples_test"])
     assert row["ci_low"] <= row["mean"] <= row["ci_high"]
     assert rows[("student - teacher", "multi_visit")]["n_seeds"] == {"student": 3, "teacher": 1}
+    # one teacher seed (teacher.n_seeds: 1): the teacher is its table, as before teacher seeds
+    assert paired["models"]["teacher"] == {"source": "teacher_predictions_test", "seeds": None}
     assert {g for _, g in rows} | {s.get("group") for s in paired["skipped"]} >= {
         "overall",
         "single_visit",

@@ -129,6 +129,7 @@ TEST_REPORTS = {
     },  # fmt: skip
     "metrics": lambda m: m["thresholds"],  # thresholds are tuned on val
     "student_seed_predictions": lambda f: f[f["split"] != "test"],
+    "teacher_seed_predictions": lambda f: f[f["split"] != "test"],
     "learning_curve": None,
     "paired": None,  # paired bootstrap over the test patients: a test report by design
     "prompt_length_report": None,

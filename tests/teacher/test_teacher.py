@@ -359,6 +359,13 @@ def test_teacher_pipeline_runs_on_a_catalog(tiny_backbones, cohort, tmp_path):
             "teacher_training_history": JSONDataset(filepath=str(tmp_path / "history.json")),
         }
     )
+
+    class Kept(MemoryDataset):  # train_teacher_seeds reads them: the runner would release them
+        def _release(self) -> None:
+            pass
+
+    for split in ("val", "test"):
+        catalog[f"teacher_predictions_{split}"] = Kept(copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
     meds = cohort["vocab"]["medication"]
     card = catalog.load("teacher_card")

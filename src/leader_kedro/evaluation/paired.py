@@ -15,8 +15,9 @@ Each bootstrap round
 - draws each model's **seeds** with replacement (as many draws as seeds) and averages the model's
   per-sample PRAUC over the drawn seeds. Two models with the same seed list get the same seed draws
   (a paired draw: seed 43 of the student against seed 43 of its ablation); a model with one
-  prediction table (the teacher, one trained run; the deterministic baselines; the oracle) always
-  uses it.
+  prediction table (the teacher with ``teacher.n_seeds: 1``, one trained run; the deterministic
+  baselines; the oracle) always uses it. With ``teacher.n_seeds > 1`` the teacher's seeds come
+  from ``teacher_seed_predictions``.
 
 The patient draws of a group are the same for every comparison, and the seed draws of a seed list
 the same in every group; all of them come from ``paired.seed``. The per-sample PRAUC of every
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 METRIC = "prauc"
 SEED_TABLE = "student_seed_predictions"
+#: The teacher's seeds (``teacher.n_seeds``), same format as :data:`SEED_TABLE`.
+TEACHER_SEED_TABLE = "teacher_seed_predictions"
 
 #: ``[a, b]`` pairs: the statistic is ``a - b`` (positive: ``a`` is better).
 DEFAULT_COMPARISONS: tuple[tuple[str, ...], ...] = (
@@ -128,29 +131,37 @@ def collect_scores(
     medications: Sequence[str],
     seed_predictions: pd.DataFrame | None,
     tables: Mapping[str, pd.DataFrame],
+    extra_seed_tables: Mapping[str, pd.DataFrame | None] | None = None,
 ) -> tuple[dict[str, ModelScores], dict[str, str]]:
     """Per-sample PRAUC of each model: from the test rows of ``student_seed_predictions`` (one row
     per seed) when the model has any there, else from its ``{model}_predictions_test`` table (one
-    seed). Returns the scores and, for each model with neither, why it has none."""
+    seed). Returns the scores and, for each model with neither, why it has none.
+
+    ``extra_seed_tables``: ``{name: table}`` in the same long format (``teacher_seed_predictions``),
+    looked up after ``student_seed_predictions``. A model's rows there are used when they hold two
+    or more seeds, or when the model has no ``{model}_predictions_test`` rows; one seed beside its
+    own table is that table (the teacher with ``teacher.n_seeds: 1``), which is used as before."""
     meds = list(medications)
-    test_rows = None
-    if seed_predictions is not None and not seed_predictions.empty:
-        test_rows = seed_predictions[seed_predictions["split"] == "test"]
+    seed_tables = [(SEED_TABLE, _test_rows(seed_predictions))]
+    given = {name: t for name, t in (extra_seed_tables or {}).items() if t is not None}
+    seed_tables += [(name, _test_rows(t)) for name, t in given.items()]
     scores: dict[str, ModelScores] = {}
     missing: dict[str, str] = {}
     for model in dict.fromkeys(models):
-        own = test_rows[test_rows["model"] == model] if test_rows is not None else None
-        if own is not None and not own.empty:
-            seeds = sorted(int(s) for s in own["seed"].unique())
-            rows = []
-            for s in seeds:
-                frame = own[own["seed"] == s]
-                name = f"{SEED_TABLE}[model={model}, seed={s}, split=test]"
-                prob = prediction_matrix(frame, samples_test, meds, name)
-                rows.append(M.average_precision_per_sample(y_true, prob))
-            scores[model] = ModelScores(model, SEED_TABLE, tuple(seeds), np.vstack(rows))
-            continue
         table = tables.get(model)
+        has_table = table is not None and not table.empty
+        found = None
+        for source, test_rows in seed_tables:
+            own = test_rows[test_rows["model"] == model] if test_rows is not None else None
+            if own is None or own.empty:
+                continue
+            if source != SEED_TABLE and has_table and own["seed"].nunique() < 2:
+                continue
+            found = _seed_scores(model, source, own, samples_test, y_true, meds)
+            break
+        if found is not None:
+            scores[model] = found
+            continue
         name = f"{model}_predictions_test"
         if table is not None and not table.empty:
             prob = prediction_matrix(table, samples_test, meds, name)
@@ -158,11 +169,38 @@ def collect_scores(
             scores[model] = ModelScores(model, name, None, per[None, :])
             continue
         why = "has no rows" if table is not None else "is not wired into the evaluate pipeline"
-        reason = f"{model}: no test predictions (none in {SEED_TABLE}; {name} {why})"
+        sources = " or ".join(src for src, _ in seed_tables)
+        reason = f"{model}: no test predictions (none in {sources}; {name} {why})"
         if model == ORACLE:
             reason += "; only the synthetic generator knows true probabilities (none for MIMIC)"
         missing[model] = reason
     return scores, missing
+
+
+def _test_rows(seed_predictions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The ``split == "test"`` rows of a long seed table; None for an absent or empty one."""
+    if seed_predictions is None or seed_predictions.empty:
+        return None
+    return seed_predictions[seed_predictions["split"] == "test"]
+
+
+def _seed_scores(
+    model: str,
+    source: str,
+    own: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    y_true: np.ndarray,
+    meds: list[str],
+) -> ModelScores:
+    """One row of per-sample PRAUC per seed of ``model``'s test rows in the seed table ``source``."""
+    seeds = sorted(int(s) for s in own["seed"].unique())
+    rows = []
+    for s in seeds:
+        frame = own[own["seed"] == s]
+        name = f"{source}[model={model}, seed={s}, split=test]"
+        prob = prediction_matrix(frame, samples_test, meds, name)
+        rows.append(M.average_precision_per_sample(y_true, prob))
+    return ModelScores(model, source, tuple(seeds), np.vstack(rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +286,14 @@ def paired_comparisons(
     cfg: PairedConfig | Mapping | None = None,
     samples_train: pd.DataFrame | None = None,
     rare_code_max_count: int = RARE_MAX_COUNT,
+    teacher_seed_predictions: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Every comparison of ``cfg.comparisons`` in every group of ``cfg.groups``.
 
     ``seed_predictions``: the long ``student_seed_predictions`` table (its ``split == "test"``
     rows are used); ``tables``: ``{model: {model}_predictions_test}`` for the one-table models.
+    ``teacher_seed_predictions``: the teacher's seeds in the same format (``teacher.n_seeds``);
+    absent, empty or with one seed, the teacher is its ``teacher_predictions_test`` table.
     ``samples_train`` gives the rare-code stratum (``rare_dx``); without it that group is skipped.
     Samples without a label are left out (their PRAUC is undefined), for every model alike.
 
@@ -265,7 +306,15 @@ def paired_comparisons(
     y_true, _ = label_matrix(samples_test, vocab, "samples_test", dtype=np.int8)
     labelled = y_true.any(axis=1)
     names = [m for pair in cfg.comparisons for m in pair]
-    scores, missing = collect_scores(names, samples_test, y_true, meds, seed_predictions, tables)
+    scores, missing = collect_scores(
+        names,
+        samples_test,
+        y_true,
+        meds,
+        seed_predictions,
+        tables,
+        {TEACHER_SEED_TABLE: teacher_seed_predictions},
+    )
 
     counts = diagnosis_counts(samples_train) if samples_train is not None else None
     masks = group_masks(samples_test, counts, rare_code_max_count)

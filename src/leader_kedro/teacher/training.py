@@ -27,7 +27,12 @@ import numpy as np
 import pandas as pd
 
 from leader_kedro.config import as_dict, build_config
-from leader_kedro.contracts import multi_hot, predictions_frame
+from leader_kedro.contracts import (
+    multi_hot,
+    prediction_matrix,
+    predictions_frame,
+    seed_predictions_frame,
+)
 from leader_kedro.evaluation import metrics as med_metrics
 from leader_kedro.teacher.distributed import DistributedConfig, resolve_backend, world
 from leader_kedro.teacher.model import (
@@ -102,6 +107,9 @@ class TeacherConfig:
     bf16: bool | Literal["auto"] = "auto"
     threshold: float = 0.3
     max_train_samples: int | None = None
+    # teachers trained with seeds seed, seed+1, ..., seed+n_seeds-1: the first is teacher_model,
+    # the others only give their val/test predictions to teacher_seed_predictions (not saved)
+    n_seeds: int = 1
     checkpoint_dir: str = "data/06_models/teacher_checkpoints"
     resume_from_checkpoint: bool | str | None = "auto"
     save_total_limit: int | None = 2
@@ -121,6 +129,12 @@ class TeacherConfig:
             value = getattr(self, key)
             if int(value) < 1:
                 raise TeacherConfigError(f"teacher.{key} must be >= 1, got {value!r}")
+        n_seeds = self.n_seeds
+        if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+            raise TeacherConfigError(
+                f"teacher.n_seeds must be an integer >= 1 (teachers trained with seeds seed, "
+                f"seed+1, ...), got {n_seeds!r}"
+            )
 
 
 def resolve_params(params: Mapping[str, Any] | TeacherConfig | None) -> TeacherConfig:
@@ -894,3 +908,101 @@ def teacher_card(
         "training": (history or {}).get("summary", {}),
         "history": (history or {}).get("history", []),
     }
+
+
+# --------------------------------------------------------------------------- seeds
+#: ``model`` of the teacher's rows in ``teacher_seed_predictions``.
+TEACHER_MODEL = "teacher"
+
+
+def teacher_seeds(seed: int, n_seeds: int) -> list[int]:
+    """The teacher seeds ``seed, seed+1, ..., seed+n_seeds-1``; the first one is ``teacher_model``."""
+    return [int(seed) + k for k in range(int(n_seeds))]
+
+
+def seed_predictions(
+    teacher_predictions_val: pd.DataFrame,
+    teacher_predictions_test: pd.DataFrame,
+    prompts_train: pd.DataFrame,
+    samples_train: pd.DataFrame,
+    prompts_val: pd.DataFrame,
+    samples_val: pd.DataFrame,
+    prompts_test: pd.DataFrame,
+    samples_test: pd.DataFrame,
+    medications: list[str],
+    params: TeacherConfig | Mapping[str, Any] | None = None,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, list[dict]]:
+    """The val and test predictions of every teacher seed (``teacher.n_seeds``), long format.
+
+    Rows: ``model`` (``"teacher"``), ``seed``, ``split``, ``sample_id`` + one probability column per
+    medication (:func:`leader_kedro.contracts.seed_predictions_frame`, the format of
+    ``student_seed_predictions``), in the samples' order. The first seed (``seed``) is
+    ``teacher_model``: its rows are ``teacher_predictions_{val,test}`` as they are, nothing is
+    retrained. Each further seed trains a teacher with the same configuration and that seed
+    (:func:`train_teacher`, so a finished run of it is reused under ``resume_from_checkpoint:
+    auto``) and predicts val and test as ``predict_teacher`` does (:func:`evaluate_split`); its model
+    is not kept. Returns the table and, per further seed, ``{seed, best_val_prauc, val_prauc,
+    reused_finished_run, train_wall_s}``.
+    """
+    cfg = resolve_params(params)
+    meds = list(medications)
+    seeds = teacher_seeds(seed, cfg.n_seeds)
+    splits = {"val": (prompts_val, samples_val), "test": (prompts_test, samples_test)}
+    first = {"val": teacher_predictions_val, "test": teacher_predictions_test}
+    tables = []
+    for split, (_, samples) in splits.items():
+        ids = samples["sample_id"].astype(str).tolist()
+        prob = prediction_matrix(first[split], samples, meds, f"teacher_predictions_{split}")
+        tables.append(seed_predictions_frame(TEACHER_MODEL, seeds[0], split, ids, prob, meds))
+    runs = []
+    for extra in seeds[1:]:
+        logger.info("teacher seed %d (%d of %d): training", extra, extra - seeds[0] + 1, len(seeds))
+        bundle, history = train_teacher(
+            prompts_train, samples_train, prompts_val, samples_val, meds, cfg, seed=extra
+        )
+        summary = history["summary"]
+        stats: dict[str, dict] = {}
+        for split, (prompts, samples) in splits.items():
+            frame, stats[split] = evaluate_split(
+                bundle,
+                prompts,
+                samples,
+                split,
+                float(cfg.threshold),
+                int(cfg.predict_batch_size),
+                not cfg.disable_tqdm,
+            )
+            ids = frame["sample_id"].tolist()
+            prob = frame[meds].to_numpy()
+            tables.append(seed_predictions_frame(TEACHER_MODEL, extra, split, ids, prob, meds))
+        run = {
+            "seed": extra,
+            "best_val_prauc": summary.get("best_val_prauc"),
+            "val_prauc": stats["val"].get("prauc"),
+            "reused_finished_run": bool(summary.get("reused_finished_run")),
+            "train_wall_s": summary.get("train_wall_s"),
+        }
+        logger.info(
+            "teacher seed %d: best val PRAUC %s (the model is not saved; only its val/test "
+            "predictions go to teacher_seed_predictions)",
+            extra,
+            "n/a" if run["best_val_prauc"] is None else f"{run['best_val_prauc']:.4f}",
+        )
+        runs.append(run)
+        del bundle
+        _free_memory()
+    return pd.concat(tables, ignore_index=True), runs
+
+
+def _free_memory() -> None:
+    """Let an extra seed's teacher go before the next one is built (GPU memory included)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the teacher
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -96,13 +96,15 @@ def paired_comparisons(
     vocab: dict,
     student_seed_predictions: pd.DataFrame,
     params: dict,
+    teacher_seed_predictions: pd.DataFrame | None = None,
     **predictions: pd.DataFrame,
 ) -> dict[str, Any]:
     """``paired``: the patient-level bootstrap of ``A - B`` over seeds for every comparison of
     ``evaluate.paired.comparisons``. ``predictions`` holds ``{model}_test`` for every wired model
     (the one-table models: teacher, baselines, oracle); the student variants' seeds come from the
-    test rows of ``student_seed_predictions``. A comparison whose model has no predictions is
-    listed under ``skipped`` with the reason."""
+    test rows of ``student_seed_predictions``, the teacher's from ``teacher_seed_predictions`` when
+    it holds two or more seeds (``teacher.n_seeds``; wired with the teacher, optional here). A
+    comparison whose model has no predictions is listed under ``skipped`` with the reason."""
     from leader_kedro import tracking
     from leader_kedro.evaluation import paired
     from leader_kedro.evaluation.protocols import evaluate_config
@@ -117,6 +119,7 @@ def paired_comparisons(
         cfg.paired,
         samples_train=samples_train,
         rare_code_max_count=cfg.rare_code_max_count,
+        teacher_seed_predictions=teacher_seed_predictions,
     )
     for row in doc["rows"]:
         if row["group"] == "overall":

@@ -19,10 +19,16 @@ def create_pipeline(
 ) -> Pipeline:
     """``models``: the prediction datasets wired into the comparison (``{model}_predictions_{split}``);
     the ``evaluate.models`` parameter picks and orders among them. ``oracle_predictions_{split}``
-    comes from ingest for every source; it has rows only for the synthetic one."""
+    comes from ingest for every source; it has rows only for the synthetic one. With ``teacher``
+    among them, the paired comparisons also read ``teacher_seed_predictions`` (the teacher's
+    seeds, ``teacher.n_seeds``; made by the teacher stage beside ``teacher_predictions_*``)."""
     prediction_inputs = {
         f"{m}_{split}": f"{m}_predictions_{split}" for m in models for split in ("val", "test")
     }
+    # the teacher's seeds (teacher.n_seeds) come with the teacher, from the teacher stage
+    teacher_seeds = (
+        {"teacher_seed_predictions": "teacher_seed_predictions"} if "teacher" in models else {}
+    )
     node_list = [
         Node(
             nodes.baseline_mostfreq,
@@ -75,6 +81,7 @@ def create_pipeline(
                 "samples_test": "samples_test",
                 "vocab": "vocab",
                 "student_seed_predictions": "student_seed_predictions",
+                **teacher_seeds,
                 "params": "params:evaluate",
                 **{f"{m}_test": f"{m}_predictions_test" for m in models},
             },
