@@ -194,6 +194,11 @@ class LeaderStudentService(PythonModel):
         path = context.artifacts.get("ddi_pairs")
         self.ddi = json.loads(open(path).read())["pairs"] if path else []
         self._tables = None
+        # what is loaded now lives as long as the server: move it out of the collector's view, so
+        # that the collections a request's allocations start (MLflow's input check builds a
+        # pydantic object per record before predict) scan only young objects
+        gc.collect()
+        gc.freeze()
 
     def __getstate__(self):  # the weights travel as artifacts, not in the pickle
         state = dict(self.__dict__)
