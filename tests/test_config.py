@@ -91,3 +91,44 @@ def test_configs_are_frozen():
     cfg = build_config(DistillConfig, {}, "distill")
     with pytest.raises(AttributeError):
         cfg.threshold = 0.5  # type: ignore[misc]
+
+
+def _env_parameters(env: str) -> dict:
+    loader = OmegaConfigLoader(
+        str(ROOT / "conf"),
+        base_env="base",
+        default_run_env=env,
+        custom_resolvers={"project_root": lambda: str(ROOT)},
+    )
+    return loader["parameters"]
+
+
+ENVS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "base")
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_environment_builds_valid_stage_configs(env):
+    """`kedro run --env <env>` merges the env's keys over base: the result must still be a valid
+    typed config for every stage (a typo in conf/study would otherwise surface an hour in)."""
+    params = _env_parameters(env)
+    for stage, cls in (
+        ("distill", DistillConfig),
+        ("evaluate", EvaluateConfig),
+        ("features", FeaturesConfig),
+        ("prompts", PromptConfig),
+        ("teacher", TeacherConfig),
+    ):
+        build_config(cls, params[stage], stage)
+    IngestConfig.from_dict(params["ingest"], seed=params["seed"])
+
+
+def test_the_study_environment_sizes():
+    """conf/study: the powered cohort, the teacher's subsample and the students' seeds."""
+    params = _env_parameters("study")
+    teacher = build_config(TeacherConfig, params["teacher"], "teacher")
+    distill = build_config(DistillConfig, params["distill"], "distill")
+    assert params["synthetic"]["n_patients"] == 17000
+    assert (
+        teacher.max_train_samples == 6000 and teacher.early_stopping_patience < teacher.num_epochs
+    )
+    assert distill.training.n_seeds >= 5 and distill.ablations
