@@ -28,14 +28,18 @@ MACHINE_PATHS = {
 }
 
 
-def _base_parameters() -> dict:
+def _env_parameters(env: str) -> dict:
     loader = OmegaConfigLoader(
         str(ROOT / "conf"),
         base_env="base",
-        default_run_env="base",
+        default_run_env=env,
         custom_resolvers={"project_root": lambda: str(ROOT)},
     )
     return loader["parameters"]
+
+
+def _base_parameters() -> dict:
+    return _env_parameters("base")
 
 
 def _drop(tree: dict, paths) -> dict:
@@ -91,16 +95,6 @@ def test_configs_are_frozen():
     cfg = build_config(DistillConfig, {}, "distill")
     with pytest.raises(AttributeError):
         cfg.threshold = 0.5  # type: ignore[misc]
-
-
-def _env_parameters(env: str) -> dict:
-    loader = OmegaConfigLoader(
-        str(ROOT / "conf"),
-        base_env="base",
-        default_run_env=env,
-        custom_resolvers={"project_root": lambda: str(ROOT)},
-    )
-    return loader["parameters"]
 
 
 ENVS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "base")

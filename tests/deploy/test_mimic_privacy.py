@@ -76,7 +76,7 @@ def _lists_of_strings(value):
 @pytest.mark.slow
 def test_a_mimic_demo_run_logs_no_patient_level_data(shared_data, tmp_path_factory, project_copy):
     from demo_helpers import env_ingest
-    from reliability_kit import save_tiny_bert
+    from tiny_cohort import save_tiny_bert
 
     root = tmp_path_factory.mktemp("mimic_privacy")
     project = project_copy(root, tracking=True)

