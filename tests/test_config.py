@@ -123,6 +123,6 @@ def test_the_study_environment_sizes():
     distill = build_config(DistillConfig, params["distill"], "distill")
     assert params["synthetic"]["n_patients"] == 17000
     assert (
-        teacher.max_train_samples == 6000 and teacher.early_stopping_patience < teacher.num_epochs
+        teacher.max_train_samples == 9000 and teacher.early_stopping_patience < teacher.num_epochs
     )
     assert distill.training.n_seeds >= 5 and distill.ablations
