@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from tiny_cohort import NAMES, make_tiny_cohort  # noqa: E402
+from tiny_cohort import make_tiny_cohort, tiny_prompts  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -68,24 +67,11 @@ def tiny_backbones(tmp_path_factory) -> dict[str, str]:
     return {"bert": str(root / "bert"), "llama": str(root / "llama")}
 
 
-def _prompts(samples: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for r in samples.itertuples():
-        past = " | ".join(
-            ", ".join(NAMES["medication"][m] for m in meds) for meds in r.medications[-2:]
-        )
-        cur = ", ".join(NAMES["diagnosis"][d] for d in r.diagnoses[-1])
-        rows.append(
-            {"sample_id": r.sample_id, "prompt": f"past: {past}. now: {cur}. should be prescribed:"}
-        )
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
 def cohort():
     c = make_tiny_cohort(60, seed=0)
     for split in ("train", "val", "test"):
-        c[f"prompts_{split}"] = _prompts(c[f"samples_{split}"])
+        c[f"prompts_{split}"] = tiny_prompts(c[f"samples_{split}"])
     return c
 
 
