@@ -10,6 +10,7 @@ from tiny_cohort import NAMES, PROFILE
 
 from leader_kedro.student import legacy
 from leader_kedro.student.model import (
+    SMALL_BATCH,
     LeaderStudent,
     StudentBundle,
     collate,
@@ -184,6 +185,28 @@ def test_inference_batch_without_distinct_code_tables_gives_the_same_model(cohor
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=ATOL, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"visit_positions": False}, {"profile_enabled": False, "align_enabled": False}],
+)
+def test_small_request_path_equals_padded_reference(cohort, switches):
+    """``logits_padded`` (one padded bucket per stream, the path of requests of at most
+    ``SMALL_BATCH`` samples) gives the padded reference's logits, for every sample of the varied
+    cohort (empty sets, one code, 45 codes, histories beyond the window) alone and in batches."""
+    vocab, samples = cohort
+    _, old, new = pair(vocab, seed=7, **switches)
+    old.eval(), new.eval()
+    enc_old, enc_new = legacy.encode_samples(samples, vocab), encode_samples(samples, vocab)
+    with torch.inference_mode():
+        for batch in (1, 2, SMALL_BATCH, 7):
+            for s in range(0, len(samples), batch):
+                idx = list(range(s, min(len(samples), s + batch)))
+                expected = old(legacy.collate(enc_old, idx))["logits"]
+                torch.testing.assert_close(
+                    new.logits_padded(enc_new, idx), expected, atol=ATOL, rtol=0
+                )
 
 
 def test_default_size_probabilities_equal_padded_reference(cohort):

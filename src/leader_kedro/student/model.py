@@ -52,6 +52,10 @@ BUCKET_WIDTHS = (1, 2, 16, 32)
 BUCKET_STEP = 16
 #: Inference requests are split over threads in pieces of at least this many rows.
 PARALLEL_ROWS = 64
+#: Inference batches of at most this many samples take the one-bucket padded path
+#: (:meth:`LeaderStudent.logits_padded`): fewer operations, more padding (measured on the
+#: default cohort: faster up to about 4 samples, slower from 8 on).
+SMALL_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -602,6 +606,28 @@ def collate(
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
+def padded_sets(ps: PackedSets, idx: np.ndarray, visit_start: np.ndarray) -> dict:
+    """The sets of samples ``idx`` in ONE padded bucket (width: the longest set), for the
+    small-batch inference path (:func:`small_batch_logits`): ``tokens`` [S, W] (pad: token 0),
+    ``mask`` [S, 1, 1, W] (real codes), ``weights`` [S, 1, W] (1 / length on the real codes: a
+    set's mean is one matrix product) and ``dest`` [S] (visit row of each set)."""
+    counts = ps.sample_count[idx]
+    sets = _ranges(ps.sample_first[idx], counts)
+    lengths = ps.lengths[sets]
+    width = int(lengths.max()) if len(lengths) else 0
+    valid = np.arange(width) < lengths[:, None]
+    tokens = np.zeros((len(sets), width), dtype=np.int64)
+    tokens[valid] = ps.tokens[_ranges(ps.starts[sets], lengths)]
+    weights = valid / np.maximum(lengths, 1)[:, None].astype(np.float32)
+    owner = np.repeat(np.arange(len(idx)), counts)
+    return {
+        "tokens": torch.from_numpy(tokens),
+        "mask": torch.from_numpy(valid).view(len(sets), 1, 1, width),
+        "weights": torch.from_numpy(weights.astype(np.float32)).unsqueeze(1),
+        "dest": torch.from_numpy(visit_start[owner] + ps.slot[sets]),
+    }
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout with a uniform mask: the distribution of ``F.dropout``, whose Bernoulli
     kernel is 3-4x slower on CPU; drawn from torch's global generator (seeded by the training)."""
@@ -727,6 +753,21 @@ class TransformerBlock(nn.Module):
         padded = qkv.new_zeros((valid.shape[0], qkv.shape[1])).index_copy(0, pos, qkv)
         return self.infer(x + self.out.bias, padded, layout)
 
+    def infer_padded(
+        self, residual: torch.Tensor, qkv: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`infer` on sets padded to one width W: ``residual`` [S, W, d] (x + the output
+        projection's bias), ``qkv`` [S, W, 3d], ``mask`` [S, 1, 1, W] the real rows, ``weights``
+        [S, 1, W] 1 / length on them -> [S, d] set means. Pad rows are computed and weighted 0."""
+        n, w, d = residual.shape
+        q, k, v = qkv.view(n, w, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        x = torch.addmm(residual.view(n * w, d), ctx.reshape(n * w, d), self.out.weight.t())
+        g = linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
+        x_mean = torch.bmm(weights, x.view(n, w, d)).view(n, d)
+        g_mean = torch.bmm(weights, g.view(n, w, -1)).view(n, -1)
+        return torch.addmm(x_mean.add_(self.ff2.bias), g_mean, self.ff2.weight.t())
+
 
 _FUSED_LINEAR_GELU = [
     torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -843,8 +884,17 @@ class LeaderStudent(nn.Module):
                 qkv = F.linear(trm.ln1(self.embedding.weight), trm.qkv.weight)
                 padded = F.embedding(batch[f"{prefix}_padded"], qkv)
             return trm(self.embedding(tokens), layout, padded)
-        # inference: a set transformer's input is a code embedding, so its first layer norm and
-        # q/k/v projection are a per-code table, computed once per weights
+        qkv_table, residual_table = self._set_tables(prefix, trm)
+        return trm.infer(
+            F.embedding(tokens, residual_table),
+            F.embedding(batch[f"{prefix}_padded"], qkv_table),
+            layout,
+        )
+
+    def _set_tables(self, prefix: str, trm: TransformerBlock) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: a set transformer's input is a code embedding, so its first layer norm and
+        q/k/v projection (and the residual plus the output projection's bias) are per-code
+        tables, computed once per weights."""
         emb = self.embedding.weight
         qkv_table = self._frozen(
             f"{prefix}_qkv",
@@ -854,11 +904,57 @@ class LeaderStudent(nn.Module):
         residual_table = self._frozen(
             f"{prefix}_residual", (emb, trm.out.bias), lambda: emb + trm.out.bias
         )
-        return trm.infer(
-            F.embedding(tokens, residual_table),
-            F.embedding(batch[f"{prefix}_padded"], qkv_table),
-            layout,
+        return qkv_table, residual_table
+
+    def logits_padded(self, enc: EncodedSamples, index) -> torch.Tensor:
+        """Logits [B, M] of the samples ``index`` of ``enc``, for inference only (no autograd,
+        eval mode), with every set of a stream, and every visit sequence, in ONE padded bucket.
+
+        It runs a few dozen operations where :meth:`logits` on :func:`collate`'s length buckets
+        runs several hundred, so it is the faster path for small requests (one patient); the
+        padding grows with the batch, so large batches take the buckets. Same numbers within
+        float rounding (tests/student/test_equivalence.py)."""
+        d = self.embedding.embedding_dim
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        b = len(idx)
+        n_vis = enc.n_visits[idx]
+        visit_start = np.cumsum(n_vis) - n_vis
+        nv = int(n_vis.sum())
+        streams = []
+        for kind, trm in zip(STREAMS, (self.diag_trm, self.proc_trm, self.med_trm), strict=True):
+            rows = self.embedding.weight.new_zeros((nv, d))
+            sets = padded_sets(enc.sets[kind], idx, visit_start)
+            if sets["tokens"].shape[0]:
+                qkv_table, residual_table = self._set_tables(PREFIX[kind], trm)
+                encoded = trm.infer_padded(
+                    F.embedding(sets["tokens"], residual_table),
+                    F.embedding(sets["tokens"], qkv_table),
+                    sets["mask"],
+                    sets["weights"],
+                )
+                rows.index_copy_(0, sets["dest"], encoded)
+            streams.append(rows)
+        # slot 0 of the medication stream is the profile prompt (medication sets fill slots >= 1)
+        first = torch.from_numpy(visit_start)
+        streams[2].index_copy_(0, first, self.profile_prompt(torch.from_numpy(enc.profile[idx])))
+        visits = torch.stack(streams)  # [3, NV, d]
+        if self.visit_position is not None:
+            position = np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
+            visits = visits + self.visit_position(torch.from_numpy(position))
+        width = int(n_vis.max())
+        valid = np.tile(np.arange(width) < n_vis[:, None], (3, 1))  # [3B, V]: stream-major
+        rows_of = np.where(valid[:b], visit_start[:, None] + np.arange(width), 0)
+        x = visits[:, torch.from_numpy(rows_of)].reshape(3 * b, width, d)
+        weights = valid / np.tile(n_vis, 3)[:, None].astype(np.float32)
+        trm = self.visit_trm
+        pooled = trm.infer_padded(
+            x + trm.out.bias,
+            F.linear(trm.ln1(x), trm.qkv.weight),
+            torch.from_numpy(valid).view(3 * b, 1, 1, width),
+            torch.from_numpy(weights.astype(np.float32)).unsqueeze(1),
         )
+        features = pooled.view(3, b, d).transpose(0, 1).reshape(b, 3 * d)
+        return self.head2(F.relu(self.head1(F.relu(features))))
 
     def forward(self, batch: dict) -> dict:
         """``logits``, ``hidden`` (the head's input to the last layer), ``profile`` (the prompt),
@@ -993,15 +1089,20 @@ def predict_proba_encoded(
         model.eval()
     n = len(enc.sample_ids)
     out = np.empty((n, model.config["n_medications"]), dtype=np.float32)
-    workers = max(1, min(workers or inference_workers(), n // PARALLEL_ROWS))
+    pieces = n // PARALLEL_ROWS
+    workers = max(1, min(workers or inference_workers(), pieces)) if pieces > 1 else 1
     size = max(1, min(batch_size, -(-n // workers)))
     chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
 
     def run(chunk: tuple[int, int]) -> None:
         torch.set_num_threads(1)  # this thread's own OpenMP setting (pool threads have theirs)
+        index = np.arange(*chunk)
         with torch.inference_mode():
-            batch = collate(enc, np.arange(*chunk), target_sets=False, for_training=False)
-            out[chunk[0] : chunk[1]] = torch.sigmoid(model.logits(batch)).numpy()
+            if len(index) <= SMALL_BATCH:
+                logits = model.logits_padded(enc, index)
+            else:
+                logits = model.logits(collate(enc, index, target_sets=False, for_training=False))
+            out[chunk[0] : chunk[1]] = torch.sigmoid(logits).numpy()
 
     with torch_threads(1):
         if workers > 1 and len(chunks) > 1:
