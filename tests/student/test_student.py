@@ -196,6 +196,39 @@ def test_one_optimiser_step_lowers_the_loss(cohort):
     assert before["kd"].item() > 0 and before["align"].item() > 0
 
 
+def test_inference_tables_follow_the_weights(cohort):
+    """Inference reads per-code and profile tables made from the weights once; an optimiser step
+    (in place, between two predictions in eval mode) and ``load_state_dict`` must both show."""
+    vocab = cohort["vocab"]
+    samples = cohort["samples_train"]
+    enc = encode_samples(samples, vocab)
+    model, fresh = model_for(vocab), model_for(vocab)
+    idx = list(range(6))
+    batch = collate(enc, idx, target_sets=False, for_training=False)
+
+    def both(m):  # the bucket path and the small-request path
+        with torch.inference_mode():
+            return m.logits(batch), m.logits_padded(enc, idx)
+
+    model.eval()
+    first = both(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.zero_grad()
+    with torch.enable_grad():  # a training step taken without leaving eval mode
+        student_loss(model, collate(enc, idx))["total"].backward()
+    opt.step()
+    stepped = both(model)
+    assert not torch.allclose(stepped[0], first[0])
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    expected = both(fresh)
+    for got, want in zip(stepped, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    model.load_state_dict(model_for(vocab).state_dict())  # back to the first weights, in place
+    for got, want in zip(both(model), first, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_switches_change_the_loss_terms(cohort):
     vocab = cohort["vocab"]
     samples = cohort["samples_train"]

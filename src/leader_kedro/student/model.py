@@ -608,23 +608,41 @@ def collate(
 # --------------------------------------------------------------------------------------------
 def padded_sets(ps: PackedSets, idx: np.ndarray, visit_start: np.ndarray) -> dict:
     """The sets of samples ``idx`` in ONE padded bucket (width: the longest set), for the
-    small-batch inference path (:func:`small_batch_logits`): ``tokens`` [S, W] (pad: token 0),
-    ``mask`` [S, 1, 1, W] (real codes), ``weights`` [S, 1, W] (1 / length on the real codes: a
-    set's mean is one matrix product) and ``dest`` [S] (visit row of each set)."""
-    counts = ps.sample_count[idx]
-    sets = _ranges(ps.sample_first[idx], counts)
-    lengths = ps.lengths[sets]
-    width = int(lengths.max()) if len(lengths) else 0
-    valid = np.arange(width) < lengths[:, None]
-    tokens = np.zeros((len(sets), width), dtype=np.int64)
-    tokens[valid] = ps.tokens[_ranges(ps.starts[sets], lengths)]
-    weights = valid / np.maximum(lengths, 1)[:, None].astype(np.float32)
-    owner = np.repeat(np.arange(len(idx)), counts)
+    small-request path (:meth:`LeaderStudent.logits_padded`): ``tokens`` [S, W] (pad: token 0),
+    ``mask`` [S, 1, 1, W] the real codes (None when no set is padded), ``weights`` [S, 1, W]
+    1 / length on the real codes (a set's mean is one matrix product) and ``dest`` [S] the visit
+    row of each set."""
+    if len(idx) == 1:  # one sample: its sets, and their codes, are contiguous
+        first = int(ps.sample_first[idx[0]])
+        rows: slice | np.ndarray = slice(first, first + int(ps.sample_count[idx[0]]))
+        lengths = ps.lengths[rows]
+        start = int(ps.starts[first]) if len(lengths) else 0
+        codes = ps.tokens[start : start + int(lengths.sum())]
+        dest = ps.slot[rows] + visit_start[0]
+    else:
+        counts = ps.sample_count[idx]
+        rows = _ranges(ps.sample_first[idx], counts)
+        lengths = ps.lengths[rows]
+        codes = ps.tokens[_ranges(ps.starts[rows], lengths)]
+        dest = np.repeat(visit_start, counts) + ps.slot[rows]
+    n = len(lengths)
+    width = int(lengths.max()) if n else 0
+    inv = (1.0 / np.maximum(lengths, 1)).astype(np.float32)[:, None]
+    mask = None
+    if n and int(lengths.min()) == width:  # nothing padded
+        tokens = codes.reshape(n, width)
+        weights = np.repeat(inv, width, axis=1)
+    else:
+        valid = np.arange(width) < lengths[:, None]
+        tokens = np.zeros((n, width), dtype=np.int64)
+        tokens[valid] = codes
+        mask = torch.from_numpy(valid).view(n, 1, 1, width)
+        weights = valid * inv
     return {
         "tokens": torch.from_numpy(tokens),
-        "mask": torch.from_numpy(valid).view(len(sets), 1, 1, width),
-        "weights": torch.from_numpy(weights.astype(np.float32)).unsqueeze(1),
-        "dest": torch.from_numpy(visit_start[owner] + ps.slot[sets]),
+        "mask": mask,
+        "weights": torch.from_numpy(weights).unsqueeze(1),
+        "dest": torch.from_numpy(dest),
     }
 
 
@@ -754,11 +772,16 @@ class TransformerBlock(nn.Module):
         return self.infer(x + self.out.bias, padded, layout)
 
     def infer_padded(
-        self, residual: torch.Tensor, qkv: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+        self,
+        residual: torch.Tensor,
+        qkv: torch.Tensor,
+        mask: torch.Tensor | None,
+        weights: torch.Tensor,
     ) -> torch.Tensor:
         """:meth:`infer` on sets padded to one width W: ``residual`` [S, W, d] (x + the output
-        projection's bias), ``qkv`` [S, W, 3d], ``mask`` [S, 1, 1, W] the real rows, ``weights``
-        [S, 1, W] 1 / length on them -> [S, d] set means. Pad rows are computed and weighted 0."""
+        projection's bias), ``qkv`` [S, W, 3d], ``mask`` [S, 1, 1, W] the real rows (None: all
+        are), ``weights`` [S, 1, W] 1 / length on them -> [S, d] set means. Pad rows are computed
+        and weighted 0."""
         n, w, d = residual.shape
         q, k, v = qkv.view(n, w, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
@@ -832,16 +855,52 @@ class LeaderStudent(nn.Module):
         if config["align_enabled"]:
             self.x_projector, self.y_projector = nn.Linear(d, d), nn.Linear(d, d)
 
-    def _frozen(self, key: str, params: tuple, make):
-        """A tensor derived from ``params`` only, made once and reused until one of them changes
-        (an optimiser step or a ``load_state_dict`` bumps a parameter's version)."""
-        stamp = tuple((p.data_ptr(), p._version) for p in params)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] != stamp:
+    def _tables(self) -> dict[str, torch.Tensor]:
+        """Inference tables derived from the weights alone: each set transformer's per-code q/k/v
+        rows (first layer norm and projection of the code embedding) and residual rows (embedding
+        plus the output projection's bias), and the profile fields' rows already multiplied by
+        their slice of the profile projection. Made once, reused until a weight they come from
+        changes (an optimiser step or ``load_state_dict`` bumps its version; ``train()`` and
+        ``eval()`` drop them)."""
+        cache = self._cache
+        sources = cache.get("sources")
+        if sources is None:
+            sources = cache["sources"] = self._table_sources()
+        stamp = [(p.data_ptr(), p._version) for p in sources]
+        if cache.get("stamp") != stamp:
             with torch.no_grad():
-                cached = (stamp, make())
-            self._cache[key] = cached
-        return cached[1]
+                cache["tables"] = self._make_tables()
+            cache["stamp"] = stamp
+        return cache["tables"]
+
+    def _table_sources(self) -> tuple[torch.Tensor, ...]:
+        sources: list[torch.Tensor] = [self.embedding.weight]
+        for trm in (self.diag_trm, self.proc_trm, self.med_trm):
+            sources += [trm.ln1.weight, trm.ln1.bias, trm.qkv.weight, trm.out.bias]
+        if self.config["profile_enabled"]:
+            sources += [cast(nn.Embedding, e).weight for e in self.profile_embeddings]
+            sources += [self.profile_proj.weight]
+        return tuple(sources)
+
+    def _make_tables(self) -> dict[str, torch.Tensor]:
+        emb = self.embedding.weight
+        tables = {}
+        for prefix, trm in (("dx", self.diag_trm), ("px", self.proc_trm), ("rx", self.med_trm)):
+            tables[f"{prefix}_qkv"] = F.linear(trm.ln1(emb), trm.qkv.weight)
+            tables[f"{prefix}_residual"] = emb + trm.out.bias
+        if self.config["profile_enabled"]:
+            # profile_proj(concat_j e_j) = sum_j e_j W_j^T + b: one row per field value
+            d = emb.shape[1]
+            tables["profile"] = torch.cat(
+                [
+                    F.linear(
+                        cast(nn.Embedding, e).weight,
+                        self.profile_proj.weight[:, j * d : (j + 1) * d],
+                    )
+                    for j, e in enumerate(self.profile_embeddings)
+                ]
+            )
+        return tables
 
     def train(self, mode: bool = True):
         self.__dict__["_derived"] = {}  # tables derived from the weights are made afresh
@@ -858,14 +917,13 @@ class LeaderStudent(nn.Module):
         """[B, F+1] ids -> [B, d] profile prompt p (or the learned padding vector)."""
         if not self.config["profile_enabled"]:
             return self.profile_pad.expand(profile.shape[0], -1)
+        ids = profile + cast(torch.Tensor, self.profile_offsets)
+        if not torch.is_grad_enabled():  # the fields' rows, projected once per weights
+            rows = F.embedding(ids, self._tables()["profile"])
+            return torch.add(rows.sum(1), self.profile_proj.bias)
         # one lookup in the stacked tables == concatenating the per-field embeddings
-        weights = tuple(cast(nn.Embedding, emb).weight for emb in self.profile_embeddings)
-        if torch.is_grad_enabled():
-            table = torch.cat(weights)
-        else:
-            table = self._frozen("profile", weights, lambda: torch.cat(weights))
-        parts = F.embedding(profile + cast(torch.Tensor, self.profile_offsets), table)
-        return self.profile_proj(parts.reshape(profile.shape[0], -1))
+        table = torch.cat([cast(nn.Embedding, emb).weight for emb in self.profile_embeddings])
+        return self.profile_proj(F.embedding(ids, table).reshape(profile.shape[0], -1))
 
     def _sets(self, batch: dict, prefix: str, trm: TransformerBlock) -> torch.Tensor:
         """[S, d] encodings of the packed sets ``prefix`` (none: an empty tensor)."""
@@ -884,27 +942,18 @@ class LeaderStudent(nn.Module):
                 qkv = F.linear(trm.ln1(self.embedding.weight), trm.qkv.weight)
                 padded = F.embedding(batch[f"{prefix}_padded"], qkv)
             return trm(self.embedding(tokens), layout, padded)
-        qkv_table, residual_table = self._set_tables(prefix, trm)
+        qkv_table, residual_table = self._set_tables(prefix)
         return trm.infer(
             F.embedding(tokens, residual_table),
             F.embedding(batch[f"{prefix}_padded"], qkv_table),
             layout,
         )
 
-    def _set_tables(self, prefix: str, trm: TransformerBlock) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: a set transformer's input is a code embedding, so its first layer norm and
-        q/k/v projection (and the residual plus the output projection's bias) are per-code
-        tables, computed once per weights."""
-        emb = self.embedding.weight
-        qkv_table = self._frozen(
-            f"{prefix}_qkv",
-            (emb, trm.ln1.weight, trm.ln1.bias, trm.qkv.weight),
-            lambda: F.linear(trm.ln1(emb), trm.qkv.weight),
-        )
-        residual_table = self._frozen(
-            f"{prefix}_residual", (emb, trm.out.bias), lambda: emb + trm.out.bias
-        )
-        return qkv_table, residual_table
+    def _set_tables(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: the per-code q/k/v and residual tables of the ``prefix`` set transformer
+        (its input is a code embedding, so they depend on the weights alone)."""
+        tables = self._tables()
+        return tables[f"{prefix}_qkv"], tables[f"{prefix}_residual"]
 
     def logits_padded(self, enc: EncodedSamples, index) -> torch.Tensor:
         """Logits [B, M] of the samples ``index`` of ``enc``, for inference only (no autograd,
@@ -920,41 +969,45 @@ class LeaderStudent(nn.Module):
         n_vis = enc.n_visits[idx]
         visit_start = np.cumsum(n_vis) - n_vis
         nv = int(n_vis.sum())
-        streams = []
-        for kind, trm in zip(STREAMS, (self.diag_trm, self.proc_trm, self.med_trm), strict=True):
-            rows = self.embedding.weight.new_zeros((nv, d))
+        visits = self.embedding.weight.new_zeros((3, nv, d))  # the three streams' visit rows
+        for j, (kind, trm) in enumerate(
+            zip(STREAMS, (self.diag_trm, self.proc_trm, self.med_trm), strict=True)
+        ):
             sets = padded_sets(enc.sets[kind], idx, visit_start)
             if sets["tokens"].shape[0]:
-                qkv_table, residual_table = self._set_tables(PREFIX[kind], trm)
+                qkv_table, residual_table = self._set_tables(PREFIX[kind])
                 encoded = trm.infer_padded(
                     F.embedding(sets["tokens"], residual_table),
                     F.embedding(sets["tokens"], qkv_table),
                     sets["mask"],
                     sets["weights"],
                 )
-                rows.index_copy_(0, sets["dest"], encoded)
-            streams.append(rows)
+                visits[j].index_copy_(0, sets["dest"], encoded)
         # slot 0 of the medication stream is the profile prompt (medication sets fill slots >= 1)
         first = torch.from_numpy(visit_start)
-        streams[2].index_copy_(0, first, self.profile_prompt(torch.from_numpy(enc.profile[idx])))
-        visits = torch.stack(streams)  # [3, NV, d]
+        visits[2].index_copy_(0, first, self.profile_prompt(torch.from_numpy(enc.profile[idx])))
         if self.visit_position is not None:
             position = np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
-            visits = visits + self.visit_position(torch.from_numpy(position))
+            visits += F.embedding(torch.from_numpy(position), self.visit_position.weight)
         width = int(n_vis.max())
-        valid = np.tile(np.arange(width) < n_vis[:, None], (3, 1))  # [3B, V]: stream-major
-        rows_of = np.where(valid[:b], visit_start[:, None] + np.arange(width), 0)
-        x = visits[:, torch.from_numpy(rows_of)].reshape(3 * b, width, d)
-        weights = valid / np.tile(n_vis, 3)[:, None].astype(np.float32)
+        mask = None
+        if int(n_vis.min()) == width:  # every sequence as long as the longest: rows in place
+            x = visits.view(3 * b, width, d)
+            weights = visits.new_full((3 * b, 1, width), 1.0 / width)
+        else:
+            valid = np.tile(np.arange(width) < n_vis[:, None], (3, 1))  # [3B, V], stream-major
+            rows_of = np.where(valid[:b], visit_start[:, None] + np.arange(width), 0)
+            x = visits[:, torch.from_numpy(rows_of)].reshape(3 * b, width, d)
+            mask = torch.from_numpy(valid).view(3 * b, 1, 1, width)
+            inv = (1.0 / np.tile(n_vis, 3)).astype(np.float32)[:, None]
+            weights = torch.from_numpy(valid * inv).unsqueeze(1)
         trm = self.visit_trm
         pooled = trm.infer_padded(
-            x + trm.out.bias,
-            F.linear(trm.ln1(x), trm.qkv.weight),
-            torch.from_numpy(valid).view(3 * b, 1, 1, width),
-            torch.from_numpy(weights.astype(np.float32)).unsqueeze(1),
+            x + trm.out.bias, F.linear(trm.ln1(x), trm.qkv.weight), mask, weights
         )
-        features = pooled.view(3, b, d).transpose(0, 1).reshape(b, 3 * d)
-        return self.head2(F.relu(self.head1(F.relu(features))))
+        features = F.relu(pooled.view(3, b, d).transpose(0, 1).reshape(b, 3 * d))
+        hidden = F.relu(F.linear(features, self.head1.weight, self.head1.bias))
+        return F.linear(hidden, self.head2.weight, self.head2.bias)
 
     def forward(self, batch: dict) -> dict:
         """``logits``, ``hidden`` (the head's input to the last layer), ``profile`` (the prompt),
