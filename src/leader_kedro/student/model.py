@@ -913,13 +913,14 @@ class LeaderStudent(nn.Module):
             cache = self.__dict__["_derived"] = {}
         return cache
 
-    def profile_prompt(self, profile: torch.Tensor) -> torch.Tensor:
-        """[B, F+1] ids -> [B, d] profile prompt p (or the learned padding vector)."""
+    def profile_prompt(self, profile: torch.Tensor, tables: dict | None = None) -> torch.Tensor:
+        """[B, F+1] ids -> [B, d] profile prompt p (or the learned padding vector); ``tables``:
+        :meth:`_tables`, when the caller has them already (inference)."""
         if not self.config["profile_enabled"]:
             return self.profile_pad.expand(profile.shape[0], -1)
         ids = profile + cast(torch.Tensor, self.profile_offsets)
         if not torch.is_grad_enabled():  # the fields' rows, projected once per weights
-            rows = F.embedding(ids, self._tables()["profile"])
+            rows = F.embedding(ids, (tables or self._tables())["profile"])
             return torch.add(rows.sum(1), self.profile_proj.bias)
         # one lookup in the stacked tables == concatenating the per-field embeddings
         table = torch.cat([cast(nn.Embedding, emb).weight for emb in self.profile_embeddings])
@@ -969,23 +970,25 @@ class LeaderStudent(nn.Module):
         n_vis = enc.n_visits[idx]
         visit_start = np.cumsum(n_vis) - n_vis
         nv = int(n_vis.sum())
+        tables = self._tables()
         visits = self.embedding.weight.new_zeros((3, nv, d))  # the three streams' visit rows
         for j, (kind, trm) in enumerate(
             zip(STREAMS, (self.diag_trm, self.proc_trm, self.med_trm), strict=True)
         ):
             sets = padded_sets(enc.sets[kind], idx, visit_start)
             if sets["tokens"].shape[0]:
-                qkv_table, residual_table = self._set_tables(PREFIX[kind])
+                prefix = PREFIX[kind]
                 encoded = trm.infer_padded(
-                    F.embedding(sets["tokens"], residual_table),
-                    F.embedding(sets["tokens"], qkv_table),
+                    F.embedding(sets["tokens"], tables[f"{prefix}_residual"]),
+                    F.embedding(sets["tokens"], tables[f"{prefix}_qkv"]),
                     sets["mask"],
                     sets["weights"],
                 )
                 visits[j].index_copy_(0, sets["dest"], encoded)
         # slot 0 of the medication stream is the profile prompt (medication sets fill slots >= 1)
         first = torch.from_numpy(visit_start)
-        visits[2].index_copy_(0, first, self.profile_prompt(torch.from_numpy(enc.profile[idx])))
+        prompt = self.profile_prompt(torch.from_numpy(enc.profile[idx]), tables)
+        visits[2].index_copy_(0, first, prompt)
         if self.visit_position is not None:
             position = np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
             visits += F.embedding(torch.from_numpy(position), self.visit_position.weight)
