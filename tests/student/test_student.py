@@ -227,6 +227,9 @@ def test_inference_tables_follow_the_weights(cohort):
     model.load_state_dict(model_for(vocab).state_dict())  # back to the first weights, in place
     for got, want in zip(both(model), first, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    fresh.load_state_dict(model_for(vocab).state_dict(), assign=True)  # new parameter tensors
+    for got, want in zip(both(fresh), first, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_switches_change_the_loss_terms(cohort):

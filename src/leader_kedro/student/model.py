@@ -906,6 +906,14 @@ class LeaderStudent(nn.Module):
         self.__dict__["_derived"] = {}  # tables derived from the weights are made afresh
         return super().train(mode)
 
+    def load_state_dict(self, *args, **kwargs):
+        self.__dict__["_derived"] = {}  # with assign=True the parameters are new tensors
+        return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__["_derived"] = {}  # .to(), .float(), ...: the tables follow the weights
+        return super()._apply(*args, **kwargs)
+
     @property
     def _cache(self) -> dict:
         cache = self.__dict__.get("_derived")
