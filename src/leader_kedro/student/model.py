@@ -54,7 +54,7 @@ BUCKET_STEP = 16
 PARALLEL_ROWS = 64
 #: Inference batches of at most this many samples take the one-bucket padded path
 #: (:meth:`LeaderStudent.logits_padded`): fewer operations, more padding (measured on the
-#: default cohort: faster up to about 4 samples, slower from 8 on).
+#: default cohort: faster up to 4 samples, about equal at 8, slower from 16 on).
 SMALL_BATCH = 4
 
 
@@ -537,6 +537,12 @@ def set_layout(
     return out
 
 
+def visit_positions(n_vis: np.ndarray, visit_start: np.ndarray) -> np.ndarray:
+    """Each visit's distance to its sample's current (last) visit, visits packed sample after
+    sample (``visit_start``: each sample's first row)."""
+    return np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(int(n_vis.sum()))
+
+
 def collate(
     enc: EncodedSamples,
     index,
@@ -560,7 +566,6 @@ def collate(
     b = len(idx)
     n_vis = enc.n_visits[idx]
     visit_start = np.cumsum(n_vis) - n_vis  # row of each sample's slot 0 among the batch's visits
-    nv = int(n_vis.sum())
     batch: dict[str, torch.Tensor] = {}
     for kind in (*STREAMS, "targets"):
         if kind == "targets" and not target_sets:
@@ -592,9 +597,7 @@ def collate(
         batch[f"{prefix}_tokens"] = torch.from_numpy(tokens)
         batch.update(set_layout(lengths, prefix, tokens, for_training))
     batch.update(set_layout(np.tile(n_vis, 3), "vis"))
-    batch["vis_position"] = torch.from_numpy(
-        np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
-    )
+    batch["vis_position"] = torch.from_numpy(visit_positions(n_vis, visit_start))
     batch["first_visit"] = torch.from_numpy(visit_start)
     batch["profile"] = torch.from_numpy(enc.profile[idx])
     batch["targets"] = torch.from_numpy(enc.targets[idx])
@@ -860,8 +863,8 @@ class LeaderStudent(nn.Module):
         rows (first layer norm and projection of the code embedding) and residual rows (embedding
         plus the output projection's bias), and the profile fields' rows already multiplied by
         their slice of the profile projection. Made once, reused until a weight they come from
-        changes (an optimiser step or ``load_state_dict`` bumps its version; ``train()`` and
-        ``eval()`` drop them)."""
+        changes version or storage (an optimiser step); ``train()``/``eval()``,
+        ``load_state_dict`` and ``.to()``-like conversions drop them."""
         cache = self._cache
         sources = cache.get("sources")
         if sources is None:
@@ -951,18 +954,12 @@ class LeaderStudent(nn.Module):
                 qkv = F.linear(trm.ln1(self.embedding.weight), trm.qkv.weight)
                 padded = F.embedding(batch[f"{prefix}_padded"], qkv)
             return trm(self.embedding(tokens), layout, padded)
-        qkv_table, residual_table = self._set_tables(prefix)
+        tables = self._tables()
         return trm.infer(
-            F.embedding(tokens, residual_table),
-            F.embedding(batch[f"{prefix}_padded"], qkv_table),
+            F.embedding(tokens, tables[f"{prefix}_residual"]),
+            F.embedding(batch[f"{prefix}_padded"], tables[f"{prefix}_qkv"]),
             layout,
         )
-
-    def _set_tables(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: the per-code q/k/v and residual tables of the ``prefix`` set transformer
-        (its input is a code embedding, so they depend on the weights alone)."""
-        tables = self._tables()
-        return tables[f"{prefix}_qkv"], tables[f"{prefix}_residual"]
 
     def logits_padded(self, enc: EncodedSamples, index) -> torch.Tensor:
         """Logits [B, M] of the samples ``index`` of ``enc``, for inference only (no autograd,
@@ -998,8 +995,8 @@ class LeaderStudent(nn.Module):
         prompt = self.profile_prompt(torch.from_numpy(enc.profile[idx]), tables)
         visits[2].index_copy_(0, first, prompt)
         if self.visit_position is not None:
-            position = np.repeat(n_vis - 1 + visit_start, n_vis) - np.arange(nv)
-            visits += F.embedding(torch.from_numpy(position), self.visit_position.weight)
+            position = torch.from_numpy(visit_positions(n_vis, visit_start))
+            visits += F.embedding(position, self.visit_position.weight)
         width = int(n_vis.max())
         mask = None
         if int(n_vis.min()) == width:  # every sequence as long as the longest: rows in place
@@ -1154,7 +1151,7 @@ def predict_proba_encoded(
     n = len(enc.sample_ids)
     out = np.empty((n, model.config["n_medications"]), dtype=np.float32)
     pieces = n // PARALLEL_ROWS
-    workers = max(1, min(workers or inference_workers(), pieces)) if pieces > 1 else 1
+    workers = min(workers or inference_workers(), pieces) if pieces > 1 else 1
     size = max(1, min(batch_size, -(-n // workers)))
     chunks = [(s, min(n, s + size)) for s in range(0, n, size)]
 
