@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_cohort import NAMES, PROFILE
 
-from leader_kedro.student import legacy
+from leader_kedro.student import kernels, legacy
 from leader_kedro.student.model import (
     SMALL_BATCH,
     LeaderStudent,
@@ -209,8 +209,17 @@ def test_small_request_path_equals_padded_reference(cohort, switches):
                 )
 
 
-def test_default_size_probabilities_equal_padded_reference(cohort):
-    """The deployed configuration (d=64, 4 heads, FFN 300) through the bundle's predict_proba."""
+@pytest.fixture(params=sorted(kernels.implementations()))
+def linear_gelu_pinned(request):
+    """Each inference linear + GELU implementation in turn (student/kernels.py)."""
+    kernels.use(request.param)
+    yield request.param
+    kernels.use(None)
+
+
+def test_default_size_probabilities_equal_padded_reference(cohort, linear_gelu_pinned):
+    """The deployed configuration (d=64, 4 heads, FFN 300) through the bundle's predict_proba,
+    with each of the linear + GELU implementations the process may choose."""
     vocab, samples = cohort
     cfg = make_config(vocab, {"teacher_hidden_size": 16})
     torch.manual_seed(1)

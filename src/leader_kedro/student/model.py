@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from leader_kedro.contracts import predictions_frame
+from leader_kedro.student import kernels
+from leader_kedro.student.kernels import linear_gelu
 from leader_kedro.torch_threads import torch_threads
 
 PAD = 0
@@ -795,23 +797,6 @@ class TransformerBlock(nn.Module):
         return torch.addmm(x_mean.add_(self.ff2.bias), g_mean, self.ff2.weight.t())
 
 
-_FUSED_LINEAR_GELU = [
-    torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-]
-
-
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """GELU(tanh)(x W^T + b) without autograd: oneDNN's fused kernel where PyTorch has it (the
-    stand-alone tanh-GELU of PyTorch's CPU build is several times slower), else the two ops."""
-    # oneDNN's per-call set-up (~50 us) only pays from a few dozen rows on
-    if _FUSED_LINEAR_GELU[0] and x.shape[0] >= 64 and x.is_cpu and x.dtype == torch.float32:
-        try:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh")
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - builds without it
-            _FUSED_LINEAR_GELU[0] = False
-    return F.gelu(F.linear(x, weight, bias), approximate="tanh")
-
-
 def _layout(batch: dict, prefix: str) -> tuple:
     return tuple(batch[f"{prefix}_{k}"] for k in ("pos", "valid", "groups", "seg", "inv", "bias"))
 
@@ -1166,6 +1151,7 @@ def predict_proba_encoded(
             out[chunk[0] : chunk[1]] = torch.sigmoid(logits).numpy()
 
     with torch_threads(1):
+        kernels.chosen()  # measured once per process, before the threads start
         if workers > 1 and len(chunks) > 1:
             list(_pool(workers).map(run, chunks))
         else:

@@ -37,12 +37,13 @@ import gc
 import json
 import math
 from contextlib import contextmanager
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from leader_kedro.contracts import PROFILE_FIELDS
 
@@ -271,30 +272,43 @@ class LeaderStudentService(PythonModel):
         interacts = ddi[order[:, :, None], order[:, None, :]]
         interacts &= np.triu(np.ones((width, width), dtype=bool), 1)
         flagged = set(np.flatnonzero(interacts.any(axis=(1, 2))).tolist())
-        out = []
-        for i, (r, k, cols, p) in enumerate(
-            zip(records, ks, order.tolist(), top_probs, strict=True)
-        ):
-            recs = [
-                Recommendation(rank=rank + 1, atc3=meds[c], name=names[c], probability=p[rank])
-                for rank, c in enumerate(cols[:k])
-            ]
+        unknown = _unknown_codes(encoder, records)
+        answers = []
+        for i, (k, cols, p) in enumerate(zip(ks, order.tolist(), top_probs, strict=True)):
             warnings = []
             if i in flagged:
                 for x, y in zip(*np.nonzero(interacts[i, :k, :k]), strict=True):
                     a, b = cols[x], cols[y]
                     warnings.append(
-                        DdiWarning(atc3_a=meds[a], name_a=names[a], atc3_b=meds[b], name_b=names[b])
+                        {
+                            "atc3_a": meds[a],
+                            "name_a": names[a],
+                            "atc3_b": meds[b],
+                            "name_b": names[b],
+                        }
                     )
-            out.append(
-                PatientRecommendations(
-                    row=i,
-                    recommendations=recs,
-                    ddi_warnings=warnings,
-                    unknown_codes=_unknown(encoder, r),
-                )
+            answers.append(
+                {
+                    "row": i,
+                    "recommendations": [
+                        {
+                            "rank": rank + 1,
+                            "atc3": meds[c],
+                            "name": names[c],
+                            "probability": p[rank],
+                        }
+                        for rank, c in enumerate(cols[:k])
+                    ],
+                    "ddi_warnings": warnings,
+                    "unknown_codes": unknown[i],
+                }
             )
-        return out
+        # one validation builds every answer object (pydantic's core; ~2x faster than ~3,000
+        # model constructors called one by one from Python)
+        return _ANSWERS.validate_python(answers)
+
+
+_ANSWERS = TypeAdapter(list[PatientRecommendations])
 
 
 @contextmanager
@@ -314,21 +328,39 @@ def collector_paused():
             gc.enable()
 
 
-def _unknown(encoder, record: PatientRecord) -> UnknownCodes:
-    counts = {}
+def _unknown_codes(encoder, records: list[PatientRecord]) -> list[dict]:
+    """Per record: how many of its codes (every visit, not only the model's window) are outside
+    the vocabulary, per type, and which profile fields hold a value the model never saw. One
+    C-level lookup per code type over the codes of all records."""
+    n = len(records)
+    counts: dict[str, list[int]] = {}
     for attr, kind in (
         ("diagnoses", "diagnosis"),
         ("procedures", "procedure"),
         ("medications", "medication"),
     ):
-        table = encoder.lookup[kind]
-        counts[attr] = sum(c not in table for visit in getattr(record, attr) for c in visit)
-    fields = []
+        per_record = [list(chain.from_iterable(getattr(r, attr))) for r in records]
+        flat = list(chain.from_iterable(per_record))
+        known = np.fromiter(
+            map(encoder.lookup[kind].__contains__, flat), dtype=bool, count=len(flat)
+        )
+        owner = np.repeat(np.arange(n), [len(codes) for codes in per_record])
+        counts[attr] = np.bincount(owner[~known], minlength=n).tolist()
+    fields: list[list[str]] = [[] for _ in range(n)]
     for field, index in zip(encoder.fields, encoder.field_index, strict=True):
-        value = getattr(record, field, None)
-        if value is not None and str(value) not in index:
-            fields.append(field)
-    return UnknownCodes(**counts, profile_fields=fields)
+        for i, r in enumerate(records):
+            value = getattr(r, field, None)
+            if value is not None and str(value) not in index:
+                fields[i].append(field)
+    return [
+        {
+            "diagnoses": counts["diagnoses"][i],
+            "procedures": counts["procedures"][i],
+            "medications": counts["medications"][i],
+            "profile_fields": fields[i],
+        }
+        for i in range(n)
+    ]
 
 
 def to_frame(answers: list[PatientRecommendations], ids: list | None = None) -> pd.DataFrame:
