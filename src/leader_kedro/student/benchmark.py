@@ -287,6 +287,18 @@ def inference(
 
 
 # --------------------------------------------------------------------------------------- main
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it (empty elsewhere): figures depend on it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _table(result: dict[str, Any]) -> str:
     before, after = result.get("before", {}), result["after"]
 
@@ -396,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from leader_kedro.student import legacy
+    from leader_kedro.student import kernels, legacy
     from leader_kedro.student.model import LeaderStudent, StudentBundle
     from leader_kedro.student.training import distill_config, model_config
 
@@ -413,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model() or platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
@@ -424,6 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"student benchmark {result['date']}: {result['samples']} samples, torch "
         f"{torch.__version__}, {torch.get_num_threads()} intra-op threads, load average "
         f"{load_before[0]:.2f}",
+        flush=True,
+    )
+    choice = kernels.chosen()
+    result["machine"]["linear_gelu"] = {"chosen": choice.name, "seconds": choice.seconds}
+    print(
+        f"{result['machine']['processor']}; inference linear + GELU: {choice.name} ("
+        + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in choice.seconds.items())
+        + " per [512, 64] -> [512, 300] call)",
         flush=True,
     )
     mcfg = model_config(cfg, data["vocab"], width)
