@@ -94,8 +94,7 @@ def measure(rows: int = 512, d: int = 64, d_ff: int = 300, repeats: int = 7) -> 
                 t0 = time.perf_counter()
                 found[name](x, weight, bias)
                 times[name].append(time.perf_counter() - t0)
-    seconds = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
-    return seconds
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def chosen() -> Choice:

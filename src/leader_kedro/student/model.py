@@ -39,7 +39,6 @@ from torch import nn
 
 from leader_kedro.contracts import predictions_frame
 from leader_kedro.student import kernels
-from leader_kedro.student.kernels import linear_gelu
 from leader_kedro.torch_threads import torch_threads
 
 PAD = 0
@@ -764,7 +763,7 @@ class TransformerBlock(nn.Module):
         seg, inv = layout[3], layout[4]
         ctx = self.attend(padded, layout)
         x = torch.addmm(residual, ctx, self.out.weight.t())
-        g = linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
+        g = kernels.linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
         return segment_mean(x, seg, inv) + F.linear(
             segment_mean(g, seg, inv), self.ff2.weight, self.ff2.bias
         )
@@ -791,7 +790,7 @@ class TransformerBlock(nn.Module):
         q, k, v = qkv.view(n, w, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
         x = torch.addmm(residual.view(n * w, d), ctx.reshape(n * w, d), self.out.weight.t())
-        g = linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
+        g = kernels.linear_gelu(self.ln2(x), self.ff1.weight, self.ff1.bias)
         x_mean = torch.bmm(weights, x.view(n, w, d)).view(n, d)
         g_mean = torch.bmm(weights, g.view(n, w, -1)).view(n, -1)
         return torch.addmm(x_mean.add_(self.ff2.bias), g_mean, self.ff2.weight.t())

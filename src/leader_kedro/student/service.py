@@ -339,12 +339,13 @@ def _unknown_codes(encoder, records: list[PatientRecord]) -> list[dict]:
         ("procedures", "procedure"),
         ("medications", "medication"),
     ):
-        per_record = [list(chain.from_iterable(getattr(r, attr))) for r in records]
-        flat = list(chain.from_iterable(per_record))
+        visits = [getattr(r, attr) for r in records]
+        lengths = [sum(map(len, v)) for v in visits]
+        flat = chain.from_iterable(chain.from_iterable(visits))
         known = np.fromiter(
-            map(encoder.lookup[kind].__contains__, flat), dtype=bool, count=len(flat)
+            map(encoder.lookup[kind].__contains__, flat), dtype=bool, count=sum(lengths)
         )
-        owner = np.repeat(np.arange(n), [len(codes) for codes in per_record])
+        owner = np.repeat(np.arange(n), lengths)
         counts[attr] = np.bincount(owner[~known], minlength=n).tolist()
     fields: list[list[str]] = [[] for _ in range(n)]
     for field, index in zip(encoder.fields, encoder.field_index, strict=True):
